@@ -1,0 +1,1 @@
+//! apx gateway library.
