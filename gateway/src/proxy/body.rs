@@ -1,0 +1,203 @@
+//! The response body the gateway sends: either bytes it made itself, or the
+//! upstream's body relayed frame by frame as it arrives.
+
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::{Instant, Sleep};
+
+use crate::api::ApiFlavor;
+use crate::errors::error_body;
+
+/// A relayed body failed and could not be ended cleanly; the connection to
+/// the client is aborted so it sees an incomplete response, not a short one.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct RelayError(pub String);
+
+/// Every response body the gateway produces.
+pub enum ResponseBody {
+    Full(Option<Bytes>),
+    Relay(Box<RelayBody>),
+}
+
+impl ResponseBody {
+    pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
+        let bytes = bytes.into();
+        ResponseBody::Full((!bytes.is_empty()).then_some(bytes))
+    }
+
+    pub fn empty() -> ResponseBody {
+        ResponseBody::Full(None)
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = RelayError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, RelayError>>> {
+        match self.get_mut() {
+            ResponseBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            ResponseBody::Relay(relay) => Pin::new(relay.as_mut()).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::Full(data) => data.is_none(),
+            ResponseBody::Relay(relay) => relay.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResponseBody::Full(Some(data)) => SizeHint::with_exact(data.len() as u64),
+            ResponseBody::Full(None) => SizeHint::with_exact(0),
+            ResponseBody::Relay(relay) => relay.size_hint(),
+        }
+    }
+}
+
+/// How a relay reports a failure after the response has started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureSignal {
+    /// A server-sent event in the API family's error shape, then a clean end:
+    /// the SDKs turn it into an exception with the message.
+    SseErrorEvent(ApiFlavor),
+    /// Abort the response; the client sees an incomplete body.
+    Abort,
+}
+
+/// The upstream's body, relayed one frame at a time with no buffering. A
+/// silence longer than the idle timeout ends it. Dropping it (the client went
+/// away) drops the upstream body, which closes the upstream connection and so
+/// cancels the upstream request at once.
+pub struct RelayBody {
+    /// A frame already read (the gateway waits for the first byte before
+    /// answering, so upstream failures before it become HTTP errors).
+    first: Option<Frame<Bytes>>,
+    upstream: Incoming,
+    idle: Pin<Box<Sleep>>,
+    idle_timeout: Duration,
+    on_failure: FailureSignal,
+    provider: String,
+    finished: bool,
+    /// Held while the stream runs: counts against `max_concurrent_streams`.
+    _stream_permit: Option<OwnedSemaphorePermit>,
+}
+
+impl RelayBody {
+    pub fn new(
+        first: Option<Frame<Bytes>>,
+        upstream: Incoming,
+        idle_timeout: Duration,
+        on_failure: FailureSignal,
+        provider: String,
+        stream_permit: Option<OwnedSemaphorePermit>,
+    ) -> RelayBody {
+        RelayBody {
+            first,
+            upstream,
+            idle: Box::pin(tokio::time::sleep(idle_timeout)),
+            idle_timeout,
+            on_failure,
+            provider,
+            finished: false,
+            _stream_permit: stream_permit,
+        }
+    }
+
+    fn fail(&mut self, reason: String) -> Poll<Option<Result<Frame<Bytes>, RelayError>>> {
+        self.finished = true;
+        tracing::warn!(provider = %self.provider, %reason, "upstream stream failed after the response started");
+        let message = format!(
+            "the upstream provider `{}` failed mid-response: {reason}",
+            self.provider
+        );
+        match self.on_failure {
+            FailureSignal::SseErrorEvent(flavor) => {
+                Poll::Ready(Some(Ok(Frame::data(sse_error_event(flavor, &message)))))
+            }
+            FailureSignal::Abort => Poll::Ready(Some(Err(RelayError(message)))),
+        }
+    }
+}
+
+/// An error as a server-sent event: OpenAI streams carry a `data:` line with
+/// an `error` object; Anthropic streams an `event: error`.
+fn sse_error_event(flavor: ApiFlavor, message: &str) -> Bytes {
+    let (event, kind) = match flavor {
+        ApiFlavor::OpenAi => ("", "server_error"),
+        ApiFlavor::Anthropic => ("event: error\n", "api_error"),
+    };
+    let body = error_body(flavor, kind, Some("upstream_stream_failed"), message);
+    let mut text = String::with_capacity(event.len() + body.len() + 10);
+    text.push_str(event);
+    text.push_str("data: ");
+    text.push_str(&String::from_utf8_lossy(&body));
+    text.push_str("\n\n");
+    Bytes::from(text)
+}
+
+impl Body for RelayBody {
+    type Data = Bytes;
+    type Error = RelayError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, RelayError>>> {
+        let this = self.get_mut();
+        if let Some(frame) = this.first.take() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        if this.finished {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut this.upstream).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let deadline = Instant::now() + this.idle_timeout;
+                this.idle.as_mut().reset(deadline);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(err))) => this.fail(format!("connection error: {err}")),
+            Poll::Ready(None) => {
+                this.finished = true;
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                ready!(this.idle.as_mut().poll(cx));
+                let secs = this.idle_timeout.as_secs_f64();
+                this.fail(format!("no data for {secs}s (idle timeout)"))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.first.is_none() && (self.finished || self.upstream.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let upstream = self.upstream.size_hint();
+        let first = self
+            .first
+            .as_ref()
+            .and_then(|frame| frame.data_ref())
+            .map_or(0, |data| data.len() as u64);
+        let mut hint = SizeHint::new();
+        if let Some(upper) = upstream.upper() {
+            hint.set_upper(upper + first);
+        }
+        hint.set_lower(upstream.lower() + first);
+        hint
+    }
+}
