@@ -15,6 +15,7 @@ pub mod proxy;
 pub mod routing;
 pub mod server;
 pub mod state;
+pub mod store;
 pub mod time;
 
 pub use config::{Config, ConfigError};

@@ -26,10 +26,7 @@ impl Gateway {
     pub fn new(config: &Config) -> Result<Gateway, rustls::Error> {
         let routes = RouteTable::from_config(config);
         let started = SystemTime::now();
-        let keys = KeyRing::new(config.keys.iter().map(|key| GatewayKey {
-            name: key.name.as_str().into(),
-            hash: key.hash,
-        }));
+        let keys = KeyRing::new(config_keys(config));
         Ok(Gateway {
             limits: config.limits.clone(),
             keys,
@@ -40,4 +37,14 @@ impl Gateway {
             started,
         })
     }
+}
+
+/// Keys listed in the config file itself.
+pub fn config_keys(config: &Config) -> impl Iterator<Item = GatewayKey> + '_ {
+    config.keys.iter().map(|key| GatewayKey {
+        id: format!("config:{}", key.name).into(),
+        name: key.name.as_str().into(),
+        hash: key.hash,
+        expires_at: None,
+    })
 }

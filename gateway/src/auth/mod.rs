@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use http::HeaderMap;
@@ -49,11 +50,15 @@ impl fmt::Debug for KeyHash {
     }
 }
 
-/// A key the gateway accepts, known by its name; the key itself is never kept.
+/// A key the gateway accepts, known by its id and name; the key itself is never kept.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GatewayKey {
+    /// Public id, safe to log: `key_…` for stored keys, `config:<name>` for
+    /// keys listed in the config file.
+    pub id: Arc<str>,
     pub name: Arc<str>,
     pub hash: KeyHash,
+    pub expires_at: Option<SystemTime>,
 }
 
 /// The set of accepted keys. Swappable at run time so a revocation takes
@@ -85,7 +90,12 @@ impl KeyRing {
 
     /// Checks the key a request presented.
     pub fn authenticate(&self, presented: &str) -> Option<GatewayKey> {
-        self.keys.load().get(&KeyHash::of(presented)).cloned()
+        let keys = self.keys.load();
+        let key = keys.get(&KeyHash::of(presented))?;
+        if key.expires_at.is_some_and(|at| at <= SystemTime::now()) {
+            return None;
+        }
+        Some(key.clone())
     }
 }
 
@@ -168,10 +178,7 @@ mod tests {
 
     #[test]
     fn keys_are_found_in_both_headers() {
-        let ring = KeyRing::new([GatewayKey {
-            name: "alice".into(),
-            hash: KeyHash::of("apx-secret"),
-        }]);
+        let ring = KeyRing::new([test_key("alice", "apx-secret")]);
         let mut headers = HeaderMap::new();
         assert_eq!(authenticate(&ring, &headers), Err(AuthError::Missing));
         headers.insert("x-api-key", "apx-secret".parse().unwrap());
@@ -184,12 +191,26 @@ mod tests {
         assert_eq!(authenticate(&ring, &headers), Err(AuthError::Missing));
     }
 
+    fn test_key(name: &str, key: &str) -> GatewayKey {
+        GatewayKey {
+            id: format!("config:{name}").into(),
+            name: name.into(),
+            hash: KeyHash::of(key),
+            expires_at: None,
+        }
+    }
+
+    #[test]
+    fn expired_keys_are_refused() {
+        let mut key = test_key("old", "k");
+        key.expires_at = Some(SystemTime::now() - std::time::Duration::from_secs(1));
+        let ring = KeyRing::new([key]);
+        assert!(ring.authenticate("k").is_none());
+    }
+
     #[test]
     fn revocation_takes_effect_on_replace() {
-        let ring = KeyRing::new([GatewayKey {
-            name: "a".into(),
-            hash: KeyHash::of("k"),
-        }]);
+        let ring = KeyRing::new([test_key("a", "k")]);
         assert!(ring.authenticate("k").is_some());
         ring.replace([]);
         assert!(ring.authenticate("k").is_none());

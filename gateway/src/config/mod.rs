@@ -41,9 +41,99 @@ pub struct ConfigFile {
     /// The models clients may ask for.
     #[serde(default)]
     pub models: Vec<Spanned<ModelEntry>>,
-    /// Gateway-issued client keys, stored as hashes only.
+    /// Gateway-issued client keys, stored as hashes only. Keys made with
+    /// `apx keys create` live in the state directory instead.
     #[serde(default)]
     pub keys: Vec<Spanned<KeyEntry>>,
+    #[serde(default)]
+    pub storage: Storage,
+    #[serde(default)]
+    pub logging: Logging,
+}
+
+/// Where apx keeps its state (key store, request logs).
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Storage {
+    /// Relative paths are taken from the config file's directory. Default:
+    /// `/var/lib/apx` for root, else `$XDG_DATA_HOME/apx` (`~/.local/share/apx`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+}
+
+/// How request records are captured and kept.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Logging {
+    pub capture: CaptureMode,
+    /// Records older than this are deleted.
+    pub retention: HumanDuration,
+    /// The log store is trimmed, oldest first, beyond this size.
+    pub max_size: ByteSize,
+    /// Request headers to capture besides the built-in list (case-insensitive).
+    pub headers: Vec<String>,
+}
+
+impl Default for Logging {
+    fn default() -> Self {
+        Logging {
+            capture: CaptureMode::Auto,
+            retention: HumanDuration(Duration::from_secs(30 * 86_400)),
+            max_size: ByteSize(1 << 30),
+            headers: Vec::new(),
+        }
+    }
+}
+
+/// Where request records come from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CaptureMode {
+    /// eBPF where the kernel allows it, else user space.
+    #[default]
+    Auto,
+    /// eBPF or fail to start.
+    Ebpf,
+    /// Records made by the gateway process itself.
+    Userspace,
+    /// No request records.
+    Off,
+}
+
+impl CaptureMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            CaptureMode::Auto => "auto",
+            CaptureMode::Ebpf => "ebpf",
+            CaptureMode::Userspace => "userspace",
+            CaptureMode::Off => "off",
+        }
+    }
+}
+
+/// The state directory apx uses when the config does not name one.
+pub fn default_state_dir() -> PathBuf {
+    if is_root() {
+        return PathBuf::from("/var/lib/apx");
+    }
+    if let Some(dir) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("apx");
+    }
+    match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        Some(home) => PathBuf::from(home).join(".local/share/apx"),
+        None => PathBuf::from("/var/lib/apx"),
+    }
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|line| line.starts_with("Uid:"))?;
+            // Fields: real, effective, saved, filesystem uid.
+            line.split_whitespace().nth(2).map(|uid| uid == "0")
+        })
+        .unwrap_or(false)
 }
 
 fn default_listen() -> Spanned<String> {
@@ -136,6 +226,21 @@ pub struct Config {
     pub providers: Vec<ProviderConfig>,
     pub models: Vec<ModelConfig>,
     pub keys: Vec<KeyConfig>,
+    /// Absolute path of the state directory.
+    pub state_dir: PathBuf,
+    pub logging: Logging,
+}
+
+impl Config {
+    /// The key store written by `apx keys`.
+    pub fn key_store_path(&self) -> PathBuf {
+        self.state_dir.join("state.db")
+    }
+
+    /// The request log store read by `apx logs`.
+    pub fn log_store_path(&self) -> PathBuf {
+        self.state_dir.join("logs.db")
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -384,6 +489,31 @@ impl Validator<'_> {
             });
         }
 
+        let state_dir = match &file.storage.dir {
+            None => default_state_dir(),
+            Some(dir) if dir.is_absolute() => dir.clone(),
+            Some(dir) => self
+                .locate
+                .path
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join(dir),
+        };
+        for (index, header) in file.logging.headers.iter().enumerate() {
+            if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+                let span = self
+                    .locate
+                    .text
+                    .find(header.as_str())
+                    .map_or(0..0, |s| s..s);
+                return Err(self.locate.error(
+                    span,
+                    &format!("logging.headers[{index}]"),
+                    format!("`{header}` is not a valid header name"),
+                ));
+            }
+        }
+
         Ok(Config {
             source: self.locate.path.to_path_buf(),
             listen,
@@ -391,6 +521,8 @@ impl Validator<'_> {
             providers,
             models,
             keys,
+            state_dir,
+            logging: file.logging,
         })
     }
 
@@ -552,6 +684,14 @@ upstream_model = "claude-sonnet-4-5"
 [[keys]]
 name = "alice"
 hash = "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+
+[storage]
+dir = "state"
+
+[logging]
+capture = "userspace"
+retention = "7d"
+headers = ["x-tenant"]
 "#;
 
     #[test]
@@ -582,6 +722,9 @@ hash = "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
         );
         assert_eq!(claude.upstream_model.as_deref(), Some("claude-sonnet-4-5"));
         assert_eq!(config.keys[0].name, "alice");
+        assert_eq!(config.state_dir, Path::new("state"));
+        assert_eq!(config.logging.capture, CaptureMode::Userspace);
+        assert_eq!(config.logging.retention.0, Duration::from_secs(7 * 86_400));
     }
 
     #[test]

@@ -30,9 +30,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "s" | "" => value,
         "m" => value * 60.0,
         "h" => value * 3600.0,
+        "d" => value * 86_400.0,
         other => {
             return Err(format!(
-                "unknown duration unit `{other}` in `{text}` (use ms, s, m or h)"
+                "unknown duration unit `{other}` in `{text}` (use ms, s, m, h or d)"
             ));
         }
     };
@@ -71,6 +72,8 @@ pub fn format_duration(duration: Duration) -> String {
     let millis = duration.as_millis();
     if millis % 1000 != 0 {
         format!("{millis}ms")
+    } else if millis % 86_400_000 == 0 && millis > 0 {
+        format!("{}d", millis / 86_400_000)
     } else if millis % 60_000 == 0 && millis > 0 {
         format!("{}m", millis / 60_000)
     } else {
@@ -161,9 +164,13 @@ mod tests {
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
         assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
+        assert_eq!(
+            parse_duration("30d").unwrap(),
+            Duration::from_secs(30 * 86_400)
+        );
         assert!(parse_duration("7 fortnights").is_err());
         assert!(parse_duration("soon").is_err());
-        for text in ["250ms", "30s", "2m"] {
+        for text in ["250ms", "30s", "2m", "30d"] {
             assert_eq!(format_duration(parse_duration(text).unwrap()), text);
         }
     }

@@ -3,6 +3,7 @@
 
 mod handler;
 pub mod health;
+mod key_reload;
 pub mod models;
 
 use std::convert::Infallible;
@@ -33,6 +34,8 @@ pub enum ServeError {
     Tls(#[from] rustls::Error),
     #[error("cannot install the signal handler: {0}")]
     Signals(std::io::Error),
+    #[error("cannot use the key store")]
+    KeyStore(#[from] crate::store::StoreError),
 }
 
 /// Binds the configured address and serves until SIGTERM or SIGINT, then
@@ -69,6 +72,11 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let gateway = Arc::new(Gateway::new(&config)?);
+    key_reload::start(
+        &gateway,
+        config.key_store_path(),
+        crate::state::config_keys(&config).collect(),
+    )?;
     let limits = &config.limits;
     let http = connection_builder(&config);
     let connections = Arc::new(Semaphore::new(limits.max_connections));
@@ -77,11 +85,12 @@ pub async fn serve(
         tracing::info!(
             %addr,
             models = config.models.len(),
-            keys = config.keys.len(),
+            keys = gateway.keys.len(),
+            state_dir = %config.state_dir.display(),
             "apx gateway listening"
         );
     }
-    if config.keys.is_empty() {
+    if gateway.keys.is_empty() {
         tracing::warn!("no gateway keys configured: every API call will be refused with 401");
     }
 
