@@ -227,6 +227,7 @@ def render_config(
     models: Iterable[ModelSpec],
     keys: dict[str, str],
     limits: dict[str, Any],
+    state_dir: Path | None = None,
 ) -> str:
     lines = [f"listen = {toml_string(f'127.0.0.1:{port}')}", "", "[limits]"]
     for name, value in limits.items():
@@ -247,6 +248,9 @@ def render_config(
             lines.append(f"upstream_model = {toml_string(model.upstream_model)}")
     for name, key in keys.items():
         lines += ["", "[[keys]]", f"name = {toml_string(name)}", f"hash = {toml_string(key_hash(key))}"]
+    if state_dir is not None:
+        # Keep the key store of the machine (/var/lib/apx, ~/.local/share/apx) out of the tests.
+        lines += ["", "[storage]", f"dir = {toml_string(str(state_dir))}"]
     return "\n".join(lines) + "\n"
 
 
@@ -276,6 +280,7 @@ class Gateway:
         self.port = 0
         self.config_path = workdir / f"{name}.toml"
         self.stderr_path = workdir / f"{name}.stderr.log"
+        self.state_dir = workdir / f"{name}-state"
         self._start()
 
     @property
@@ -302,7 +307,14 @@ class Gateway:
         for _attempt in range(3):
             self.port = free_port()
             self.config_path.write_text(
-                render_config(self.port, self.providers, self.models, self.keys, self.limits)
+                render_config(
+                    self.port,
+                    self.providers,
+                    self.models,
+                    self.keys,
+                    self.limits,
+                    self.state_dir,
+                )
             )
             env = dict(os.environ)
             env.update(self.env)
