@@ -24,6 +24,8 @@ pub enum Endpoint {
     GetModel,
     Healthz,
     Readyz,
+    /// Process status for `apx status`: counts only, nothing secret.
+    Status,
 }
 
 /// Why a request matched no endpoint.
@@ -60,6 +62,7 @@ impl Endpoint {
             "/v1/models" => (Endpoint::ListModels, Method::GET),
             "/healthz" => (Endpoint::Healthz, Method::GET),
             "/readyz" => (Endpoint::Readyz, Method::GET),
+            "/apx/status" => (Endpoint::Status, Method::GET),
             _ if path.starts_with("/v1/models/") && path.len() > "/v1/models/".len() => {
                 (Endpoint::GetModel, Method::GET)
             }
@@ -95,6 +98,7 @@ impl Endpoint {
             Endpoint::ListModels | Endpoint::GetModel => "/models",
             Endpoint::Healthz => "/healthz",
             Endpoint::Readyz => "/readyz",
+            Endpoint::Status => "/apx/status",
         }
     }
 }

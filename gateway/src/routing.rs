@@ -24,12 +24,12 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    pub fn from_config(config: &Config) -> RouteTable {
-        let providers: Vec<Arc<dyn Provider>> = config
+    pub fn from_config(config: &Config) -> std::io::Result<RouteTable> {
+        let providers = config
             .providers
             .iter()
             .map(providers::from_config)
-            .collect();
+            .collect::<std::io::Result<Vec<Arc<dyn Provider>>>>()?;
         let ordered: Vec<Arc<ModelRoute>> = config
             .models
             .iter()
@@ -45,11 +45,11 @@ impl RouteTable {
             .iter()
             .map(|route| (route.name.clone(), route.clone()))
             .collect();
-        RouteTable {
+        Ok(RouteTable {
             routes,
             ordered,
             providers,
-        }
+        })
     }
 
     pub fn get(&self, model: &str) -> Option<&Arc<ModelRoute>> {

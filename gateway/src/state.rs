@@ -1,6 +1,7 @@
 //! Everything a request handler shares: built once from the config at start.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use tokio::sync::Semaphore;
@@ -9,6 +10,7 @@ use crate::auth::{GatewayKey, KeyRing};
 use crate::config::{Config, Limits};
 use crate::proxy::upstream::UpstreamClient;
 use crate::routing::RouteTable;
+use crate::server::ServeError;
 use crate::server::models::ModelListing;
 
 pub struct Gateway {
@@ -20,11 +22,37 @@ pub struct Gateway {
     pub streams: Arc<Semaphore>,
     pub models: ModelListing,
     pub started: SystemTime,
+    pub listen: std::net::SocketAddr,
+    pub stats: Stats,
+}
+
+/// Request counters for `apx status`.
+#[derive(Default)]
+pub struct Stats {
+    pub requests_total: AtomicU64,
+    pub requests_in_flight: AtomicU64,
+}
+
+/// Counts a request as in flight until dropped.
+pub struct InFlight<'a>(&'a Stats);
+
+impl Stats {
+    pub fn begin(&self) -> InFlight<'_> {
+        self.requests_total.fetch_add(1, Ordering::Relaxed);
+        self.requests_in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.requests_in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Gateway {
-    pub fn new(config: &Config) -> Result<Gateway, rustls::Error> {
-        let routes = RouteTable::from_config(config);
+    pub fn new(config: &Config) -> Result<Gateway, ServeError> {
+        let routes = RouteTable::from_config(config).map_err(ServeError::LocalProvider)?;
         let started = SystemTime::now();
         let keys = KeyRing::new(config_keys(config));
         Ok(Gateway {
@@ -35,6 +63,8 @@ impl Gateway {
             upstream: UpstreamClient::new(config.limits.connect_timeout.0)?,
             streams: Arc::new(Semaphore::new(config.limits.max_concurrent_streams)),
             started,
+            listen: config.listen,
+            stats: Stats::default(),
         })
     }
 }

@@ -147,8 +147,9 @@ pub struct ProviderEntry {
     pub kind: Spanned<String>,
     /// Base URL as the provider's own SDK takes it: with `/v1` for OpenAI-format
     /// servers (`https://api.openai.com/v1`), without for Anthropic
-    /// (`https://api.anthropic.com`).
-    pub base_url: Spanned<String>,
+    /// (`https://api.anthropic.com`). Not used by `kind = "echo"`.
+    #[serde(default)]
+    pub base_url: Option<Spanned<String>>,
     /// Upstream credential; normally a `${ENV_VAR}` reference.
     #[serde(default)]
     pub api_key: Option<Spanned<String>>,
@@ -544,10 +545,19 @@ impl Validator<'_> {
                 ),
             )
         })?;
-        let base_url = parse_base_url(provider.base_url.get_ref()).map_err(|message| {
-            self.locate
-                .error(provider.base_url.span(), &field("base_url"), message)
-        })?;
+        let base_url = match (&provider.base_url, kind) {
+            // The echo provider picks its own loopback address at start.
+            (_, ProviderKind::Echo) => http::Uri::from_static("http://127.0.0.1"),
+            (Some(raw), _) => parse_base_url(raw.get_ref())
+                .map_err(|message| self.locate.error(raw.span(), &field("base_url"), message))?,
+            (None, _) => {
+                return Err(self.locate.error(
+                    entry.span(),
+                    &field("base_url"),
+                    format!("base_url is required for kind `{}`", kind.name()),
+                ));
+            }
+        };
         let api_key = match &provider.api_key {
             None => None,
             Some(raw) => {

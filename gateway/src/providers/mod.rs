@@ -5,6 +5,7 @@
 
 pub mod anthropic;
 pub mod catalog;
+pub mod echo;
 pub mod openai;
 
 use std::sync::Arc;
@@ -19,16 +20,19 @@ use crate::config::{ProviderConfig, Secret};
 pub enum ProviderKind {
     OpenAi,
     Anthropic,
+    /// Built in: answers locally, for trying apx with no provider account.
+    Echo,
 }
 
 impl ProviderKind {
     /// Names accepted for `kind` in the config file.
-    pub const NAMES: [&'static str; 2] = ["openai", "anthropic"];
+    pub const NAMES: [&'static str; 3] = ["openai", "anthropic", "echo"];
 
     pub fn from_name(name: &str) -> Option<ProviderKind> {
         match name {
             "openai" => Some(ProviderKind::OpenAi),
             "anthropic" => Some(ProviderKind::Anthropic),
+            "echo" => Some(ProviderKind::Echo),
             _ => None,
         }
     }
@@ -37,6 +41,7 @@ impl ProviderKind {
         match self {
             ProviderKind::OpenAi => "openai",
             ProviderKind::Anthropic => "anthropic",
+            ProviderKind::Echo => "echo",
         }
     }
 
@@ -45,6 +50,7 @@ impl ProviderKind {
         match self {
             ProviderKind::OpenAi => "OpenAI",
             ProviderKind::Anthropic => "Anthropic",
+            ProviderKind::Echo => "built-in echo",
         }
     }
 }
@@ -74,12 +80,14 @@ pub trait Provider: Send + Sync + 'static {
     fn host(&self) -> (&str, u16);
 }
 
-/// Builds the provider for a config entry.
-pub fn from_config(config: &ProviderConfig) -> Arc<dyn Provider> {
-    match config.kind {
+/// Builds the provider for a config entry. Must run inside a tokio runtime
+/// (the echo provider starts its local server).
+pub fn from_config(config: &ProviderConfig) -> std::io::Result<Arc<dyn Provider>> {
+    Ok(match config.kind {
         ProviderKind::OpenAi => Arc::new(openai::OpenAiProvider::new(config)),
         ProviderKind::Anthropic => Arc::new(anthropic::AnthropicProvider::new(config)),
-    }
+        ProviderKind::Echo => Arc::new(echo::EchoProvider::start(config)?),
+    })
 }
 
 /// Precomputes `base_url + path` for every endpoint an upstream serves, so the

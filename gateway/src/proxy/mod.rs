@@ -206,6 +206,7 @@ fn wrong_format(endpoint: Endpoint, model: &str, provider: &dyn Provider) -> Gat
         ProviderKind::OpenAi => {
             "call the OpenAI endpoints (/v1/chat/completions, /v1/responses, …) for this model"
         }
+        ProviderKind::Echo => "the echo provider answers /v1/chat/completions and /v1/messages",
     };
     GatewayError::WrongFormat {
         model: model.to_string(),

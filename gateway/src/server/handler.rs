@@ -15,6 +15,7 @@ use crate::proxy::{self, ResponseBody};
 use crate::state::Gateway;
 
 pub async fn handle(gateway: Arc<Gateway>, request: Request<Incoming>) -> Response<ResponseBody> {
+    let _in_flight = gateway.stats.begin();
     let endpoint = match Endpoint::recognize(request.method(), request.uri().path()) {
         Ok(endpoint) => endpoint,
         Err(reason) => {
@@ -40,6 +41,7 @@ pub async fn handle(gateway: Arc<Gateway>, request: Request<Incoming>) -> Respon
     let result = match endpoint {
         Endpoint::Healthz => Ok(json_response(health::live())),
         Endpoint::Readyz => Ok(json_response(health::ready(&gateway).await)),
+        Endpoint::Status => Ok(json_response(health::status(&gateway, "off"))),
         Endpoint::ListModels => list_models(&gateway, &request, flavor),
         Endpoint::GetModel => get_model(&gateway, &request, flavor),
         _ => proxy::forward(&gateway, endpoint, request).await,

@@ -15,6 +15,30 @@ pub fn live() -> (StatusCode, Bytes) {
     (StatusCode::OK, Bytes::from_static(b"{\"status\":\"ok\"}"))
 }
 
+/// Process status: what `apx status` shows.
+pub fn status(gateway: &Gateway, capture_mode: &str) -> (StatusCode, Bytes) {
+    use std::sync::atomic::Ordering;
+    let uptime = gateway.started.elapsed().unwrap_or_default();
+    let streams_active = gateway
+        .limits
+        .max_concurrent_streams
+        .saturating_sub(gateway.streams.available_permits());
+    let body = json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "pid": std::process::id(),
+        "uptime_secs": uptime.as_secs(),
+        "listen": gateway.listen.to_string(),
+        "capture_mode": capture_mode,
+        "requests_total": gateway.stats.requests_total.load(Ordering::Relaxed),
+        // This status request itself is not counted as in flight.
+        "requests_in_flight": gateway.stats.requests_in_flight.load(Ordering::Relaxed).saturating_sub(1),
+        "streams_active": streams_active,
+        "models": gateway.routes.iter().count(),
+        "keys": gateway.keys.len(),
+    });
+    (StatusCode::OK, Bytes::from(body.to_string()))
+}
+
 pub async fn ready(gateway: &Gateway) -> (StatusCode, Bytes) {
     let mut upstreams = Vec::new();
     let mut all_ok = true;

@@ -34,6 +34,8 @@ pub enum ServeError {
     Tls(#[from] rustls::Error),
     #[error("cannot install the signal handler: {0}")]
     Signals(std::io::Error),
+    #[error("cannot start the built-in echo provider")]
+    LocalProvider(#[source] std::io::Error),
     #[error("cannot use the key store")]
     KeyStore(#[from] crate::store::StoreError),
 }
