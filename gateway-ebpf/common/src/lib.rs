@@ -88,7 +88,7 @@ pub const CRED_SLOTS: usize = 4;
 /// Parser steps (bytes of start line/headers/chunk lines) allowed per syscall.
 pub const STEP_BUDGET: u32 = 16384;
 /// iovecs looked at per readv/writev call.
-pub const MAX_IOV: usize = 8;
+pub const MAX_IOV: usize = 16;
 
 /// Names of the fixed capture slots, lower case, in slot order.
 pub const FIELD_NAMES: [&str; FIELD_SLOTS - EXTRA_SLOTS] = [

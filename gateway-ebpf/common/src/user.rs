@@ -1,1 +1,178 @@
-//! User-side helpers.
+//! User-side helpers (feature `std`): decode ring-buffer bytes into records,
+//! and join each request with its response.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use crate::*;
+
+/// One decoded ring-buffer record.
+#[derive(Clone)]
+pub enum Record {
+    Request(Box<RequestRecord>),
+    Response(ResponseRecord),
+    Close(CloseRecord),
+}
+
+fn read_as<T: Copy>(bytes: &[u8]) -> Option<T> {
+    if bytes.len() < core::mem::size_of::<T>() {
+        return None;
+    }
+    // SAFETY: length checked; T is a plain-old-data repr(C) struct of
+    // integers and byte arrays, valid for any bit pattern.
+    Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr() as *const T) })
+}
+
+impl Record {
+    /// Decode one ring-buffer item. `None` for an unknown kind/version or a short item.
+    pub fn parse(bytes: &[u8]) -> Option<Record> {
+        let hdr: RecordHeader = read_as(bytes)?;
+        if hdr.version != LAYOUT_VERSION {
+            return None;
+        }
+        match hdr.kind {
+            KIND_REQUEST => Some(Record::Request(Box::new(read_as(bytes)?))),
+            KIND_RESPONSE => Some(Record::Response(read_as(bytes)?)),
+            KIND_CLOSE => Some(Record::Close(read_as(bytes)?)),
+            _ => None,
+        }
+    }
+
+    pub fn header(&self) -> &RecordHeader {
+        match self {
+            Record::Request(r) => &r.hdr,
+            Record::Response(r) => &r.hdr,
+            Record::Close(r) => &r.hdr,
+        }
+    }
+}
+
+impl ConnInfo {
+    /// Peer address, if known.
+    pub fn peer_ip(&self) -> Option<IpAddr> {
+        match self.family {
+            2 => {
+                let a = &self.peer_addr;
+                Some(IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3])))
+            }
+            10 => Some(IpAddr::V6(Ipv6Addr::from(self.peer_addr))),
+            _ => None,
+        }
+    }
+}
+
+fn text(bytes: &[u8], len: usize) -> String {
+    String::from_utf8_lossy(&bytes[..len.min(bytes.len())]).into_owned()
+}
+
+impl RequestRecord {
+    pub fn method(&self) -> String {
+        text(&self.method, self.method_len as usize)
+    }
+    /// The request target as kept (at most `PATH_CAP` bytes; see `F_PATH_TRUNC`).
+    pub fn path(&self) -> String {
+        text(&self.path, self.path_len as usize)
+    }
+    pub fn version(&self) -> String {
+        text(&self.version, self.version_len as usize)
+    }
+    /// Value kept for capture slot `i` (see `FIELD_NAMES`), `None` if absent.
+    pub fn field(&self, i: usize) -> Option<String> {
+        let f = self.fields.get(i)?;
+        if f.count == 0 {
+            return None;
+        }
+        Some(text(&f.value, f.len as usize))
+    }
+}
+
+/// A request with its response (either may be missing, see `F_*` flags).
+#[derive(Clone)]
+pub struct Exchange {
+    pub conn_id: u64,
+    pub seq: u32,
+    pub request: Option<Box<RequestRecord>>,
+    pub response: Option<ResponseRecord>,
+    /// Set when the connection closed before this exchange was complete.
+    pub close: Option<CloseRecord>,
+}
+
+/// Joins request and response records by `(conn_id, seq)`.
+///
+/// Feed every record to [`Joiner::push`]; it returns the exchanges that are
+/// complete: a request with its response, or — at the connection's close
+/// record — whatever is left (request without response, response without a
+/// captured request). Connections that were accepted before the programs
+/// were attached are not seen at all.
+#[derive(Default)]
+pub struct Joiner {
+    pending: HashMap<(u64, u32), Exchange>,
+}
+
+impl Joiner {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Exchanges waiting for their other half.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub fn push(&mut self, rec: Record) -> Vec<Exchange> {
+        let h = *rec.header();
+        let key = (h.conn_id, h.seq);
+        match rec {
+            Record::Request(r) => {
+                let e = self.entry(key);
+                e.request = Some(r);
+                self.take_if_done(key)
+            }
+            Record::Response(r) => {
+                let e = self.entry(key);
+                e.response = Some(r);
+                self.take_if_done(key)
+            }
+            Record::Close(c) => {
+                let mut keys: Vec<_> =
+                    self.pending.keys().filter(|k| k.0 == h.conn_id).copied().collect();
+                keys.sort();
+                keys.into_iter()
+                    .filter_map(|k| self.pending.remove(&k))
+                    .map(|mut e| {
+                        e.close = Some(c);
+                        e
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    fn entry(&mut self, key: (u64, u32)) -> &mut Exchange {
+        self.pending.entry(key).or_insert_with(|| Exchange {
+            conn_id: key.0,
+            seq: key.1,
+            request: None,
+            response: None,
+            close: None,
+        })
+    }
+
+    fn take_if_done(&mut self, key: (u64, u32)) -> Vec<Exchange> {
+        let done = self
+            .pending
+            .get(&key)
+            .map(|e| e.request.is_some() && e.response.is_some())
+            .unwrap_or(false);
+        if done {
+            self.pending.remove(&key).into_iter().collect()
+        } else {
+            Vec::new()
+        }
+    }
+}
+
+/// Fingerprint rendering used in logs: 16 lower-case hex digits.
+pub fn fp_hex(fp: u64) -> String {
+    format!("{fp:016x}")
+}

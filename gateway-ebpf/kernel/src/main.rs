@@ -1,0 +1,474 @@
+//! apx-capture: kernel programs that turn the gateway's own socket syscalls
+//! into per-request HTTP/1.1 records (see docs/ebpf-design.md).
+//!
+//! Hooks: syscall tracepoints, filtered by the gateway's tgid (`TARGET_TGID`).
+//! * accept/accept4 exit: a new accepted socket → entry in `CONNS` (fd → state).
+//! * read/recvfrom/readv exit: request bytes → request parser.
+//! * write/sendto/writev exit: response bytes → response parser.
+//! * close enter: flush what is in progress, send a close record, forget the fd.
+//! * socket exit: an fd number reused by a new (upstream) socket is forgotten.
+//!
+//! Only fds learnt from accept are parsed, so the gateway's upstream (client)
+//! sockets, files and pipes never produce records.
+#![no_std]
+#![no_main]
+#![allow(static_mut_refs, clippy::missing_safety_doc)]
+
+mod parse;
+
+use core::ffi::c_void;
+use core::mem::size_of;
+
+use apx_capture_common::*;
+use aya_ebpf::{
+    helpers::generated::{
+        bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_loop,
+        bpf_probe_read_kernel, bpf_probe_read_user,
+    },
+    macros::{map, tracepoint},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    programs::TracePointContext,
+    Global,
+};
+
+use parse::{Conn, Scratch, WIN};
+
+// ---- load-time configuration (EbpfLoader::override_global) -------------------
+
+/// Process whose sockets are captured. 0 captures nothing.
+#[no_mangle]
+static TARGET_TGID: Global<u32> = Global::new(0);
+/// 1: only connections accepted on a listener registered in `LISTENERS`.
+#[no_mangle]
+static REQUIRE_LISTENER: Global<u32> = Global::new(0);
+/// Fingerprint key, first half (see apx_capture_common::Sip).
+#[no_mangle]
+pub static FP_K0: Global<u64> = Global::new(0);
+/// Fingerprint key, second half.
+#[no_mangle]
+pub static FP_K1: Global<u64> = Global::new(0);
+/// `name_hash` of the configurable capture slots 10..13 (0 = unused).
+#[no_mangle]
+pub static EXTRA_H0: Global<u64> = Global::new(0);
+#[no_mangle]
+pub static EXTRA_H1: Global<u64> = Global::new(0);
+#[no_mangle]
+pub static EXTRA_H2: Global<u64> = Global::new(0);
+#[no_mangle]
+pub static EXTRA_H3: Global<u64> = Global::new(0);
+
+// ---- maps -------------------------------------------------------------------
+
+/// Records to user space.
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(2 * 1024 * 1024, 0);
+/// Accepted socket fd → connection state.
+#[map]
+static CONNS: HashMap<u32, Conn> = HashMap::with_max_entries(2048, 0);
+/// Thread (pid_tgid) → arguments of the syscall it is in.
+#[map]
+static ARGS: HashMap<u64, Args> = HashMap::with_max_entries(1024, 0);
+/// Listening fd → local port (host order), filled by the loader.
+#[map]
+static LISTENERS: HashMap<u32, u16> = HashMap::with_max_entries(64, 0);
+/// Per-CPU parse scratch.
+#[map]
+static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+/// One all-zero connection: copy source to reset state (never written).
+#[map]
+static ZERO: Array<Conn> = Array::with_max_entries(1, 0);
+/// Counters, see apx_capture_common::stats.
+#[map]
+static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stats::COUNT, 0);
+/// Per-CPU connection id counter.
+#[map]
+static CONN_IDS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+const K_READ: u32 = 1;
+const K_READV: u32 = 2;
+const K_WRITE: u32 = 3;
+const K_WRITEV: u32 = 4;
+const K_ACCEPT: u32 = 5;
+
+/// What sys_enter saw, for sys_exit.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Args {
+    fd: u32,
+    kind: u32,
+    ptr: u64,
+    cnt: u64,
+}
+
+// Syscall tracepoint layout: 8 bytes common header, __syscall_nr (+pad), then
+// 8-byte argument slots; sys_exit_* has `long ret` at the same offset.
+const ARG0: usize = 16;
+const ARG1: usize = 24;
+const ARG2: usize = 32;
+const RET: usize = 16;
+
+#[inline(always)]
+fn stat_add(idx: u32, n: u64) {
+    if let Some(p) = STATS.get_ptr_mut(idx) {
+        unsafe { *p += n };
+    }
+}
+
+#[inline(always)]
+fn ours() -> Option<u64> {
+    let id = unsafe { bpf_get_current_pid_tgid() };
+    let tgid = TARGET_TGID.load();
+    if tgid != 0 && (id >> 32) as u32 == tgid {
+        Some(id)
+    } else {
+        None
+    }
+}
+
+#[inline(always)]
+fn arg<T>(ctx: &TracePointContext, off: usize) -> Option<T> {
+    unsafe { ctx.read_at::<T>(off).ok() }
+}
+
+#[inline(always)]
+fn stash(ctx: &TracePointContext, kind: u32) {
+    let Some(id) = ours() else { return };
+    let Some(fd) = arg::<u64>(ctx, ARG0) else { return };
+    let fd = fd as u32;
+    if kind == K_ACCEPT {
+        if REQUIRE_LISTENER.load() != 0 && unsafe { LISTENERS.get(&fd) }.is_none() {
+            return;
+        }
+    } else if CONNS.get_ptr(&fd).is_none() {
+        return;
+    }
+    let ptr = arg::<u64>(ctx, ARG1).unwrap_or(0);
+    let cnt = arg::<u64>(ctx, ARG2).unwrap_or(0);
+    if ARGS.insert(&id, &Args { fd, kind, ptr, cnt }, 0).is_err() {
+        stat_add(stats::ARGS_MAP_FULL, 1);
+    }
+}
+
+#[inline(always)]
+fn take(_ctx: &TracePointContext) -> Option<Args> {
+    let id = ours()?;
+    let a = unsafe { *ARGS.get(&id)? };
+    let _ = ARGS.remove(&id);
+    Some(a)
+}
+
+// ---- accept -------------------------------------------------------------------
+
+#[tracepoint]
+pub fn enter_accept4(ctx: TracePointContext) -> u32 {
+    stash(&ctx, K_ACCEPT);
+    0
+}
+
+#[tracepoint]
+pub fn enter_accept(ctx: TracePointContext) -> u32 {
+    stash(&ctx, K_ACCEPT);
+    0
+}
+
+#[tracepoint]
+pub fn exit_accept4(ctx: TracePointContext) -> u32 {
+    on_accept_exit(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn exit_accept(ctx: TracePointContext) -> u32 {
+    on_accept_exit(&ctx);
+    0
+}
+
+#[inline(always)]
+fn on_accept_exit(ctx: &TracePointContext) {
+    let Some(a) = take(ctx) else { return };
+    if a.kind != K_ACCEPT {
+        return;
+    }
+    let Some(ret) = arg::<i64>(ctx, RET) else { return };
+    if ret < 0 {
+        return;
+    }
+    let fd = ret as u32;
+    let Some(zero) = ZERO.get_ptr(0) else { return };
+    if CONNS.insert(&fd, unsafe { &*zero }, 0).is_err() {
+        stat_add(stats::CONN_MAP_FULL, 1);
+        return;
+    }
+    let Some(c) = CONNS.get_ptr_mut(&fd) else { return };
+    let now = unsafe { bpf_ktime_get_ns() };
+    let c = unsafe { &mut *c };
+    c.fd = fd;
+    c.tgid = (unsafe { bpf_get_current_pid_tgid() } >> 32) as u32;
+    c.conn_id = next_conn_id();
+    c.info.ts_accept_ns = now;
+    match unsafe { LISTENERS.get(&a.fd) } {
+        Some(p) => c.info.local_port = *p,
+        None => c.flags |= F_LOCAL_UNKNOWN,
+    }
+    if !read_peer(a.ptr, c) {
+        c.flags |= F_ADDR_UNKNOWN;
+    }
+    stat_add(stats::CONNS, 1);
+}
+
+#[inline(always)]
+fn next_conn_id() -> u64 {
+    let cpu = unsafe { bpf_get_smp_processor_id() } as u64;
+    let n = match CONN_IDS.get_ptr_mut(0) {
+        Some(p) => unsafe {
+            *p += 1;
+            *p
+        },
+        None => 0,
+    };
+    (cpu << 56) | (n & 0x00ff_ffff_ffff_ffff)
+}
+
+/// Peer address from the sockaddr the gateway passed to accept.
+#[inline(always)]
+fn read_peer(ptr: u64, c: &mut Conn) -> bool {
+    if ptr == 0 {
+        return false;
+    }
+    let Ok(sa) = (unsafe { aya_ebpf::helpers::bpf_probe_read_user(ptr as *const [u8; 24]) }) else {
+        return false;
+    };
+    let family = u16::from_le_bytes([sa[0], sa[1]]);
+    c.info.peer_port = u16::from_be_bytes([sa[2], sa[3]]);
+    if family == 2 {
+        c.info.family = 2;
+        c.info.peer_addr[0] = sa[4];
+        c.info.peer_addr[1] = sa[5];
+        c.info.peer_addr[2] = sa[6];
+        c.info.peer_addr[3] = sa[7];
+        true
+    } else if family == 10 {
+        c.info.family = 10;
+        let mut i = 0;
+        while i < 16 {
+            c.info.peer_addr[i] = sa[8 + i];
+            i += 1;
+        }
+        true
+    } else {
+        c.info.peer_port = 0;
+        false
+    }
+}
+
+// ---- reads and writes -------------------------------------------------------
+
+#[tracepoint]
+pub fn enter_read(ctx: TracePointContext) -> u32 {
+    stash(&ctx, K_READ);
+    0
+}
+#[tracepoint]
+pub fn enter_recvfrom(ctx: TracePointContext) -> u32 {
+    stash(&ctx, K_READ);
+    0
+}
+#[tracepoint]
+pub fn enter_readv(ctx: TracePointContext) -> u32 {
+    stash(&ctx, K_READV);
+    0
+}
+#[tracepoint]
+pub fn enter_write(ctx: TracePointContext) -> u32 {
+    stash(&ctx, K_WRITE);
+    0
+}
+#[tracepoint]
+pub fn enter_sendto(ctx: TracePointContext) -> u32 {
+    stash(&ctx, K_WRITE);
+    0
+}
+#[tracepoint]
+pub fn enter_writev(ctx: TracePointContext) -> u32 {
+    stash(&ctx, K_WRITEV);
+    0
+}
+
+#[tracepoint]
+pub fn exit_read(ctx: TracePointContext) -> u32 {
+    on_io_exit(&ctx);
+    0
+}
+#[tracepoint]
+pub fn exit_recvfrom(ctx: TracePointContext) -> u32 {
+    on_io_exit(&ctx);
+    0
+}
+#[tracepoint]
+pub fn exit_readv(ctx: TracePointContext) -> u32 {
+    on_io_exit(&ctx);
+    0
+}
+#[tracepoint]
+pub fn exit_write(ctx: TracePointContext) -> u32 {
+    on_io_exit(&ctx);
+    0
+}
+#[tracepoint]
+pub fn exit_sendto(ctx: TracePointContext) -> u32 {
+    on_io_exit(&ctx);
+    0
+}
+#[tracepoint]
+pub fn exit_writev(ctx: TracePointContext) -> u32 {
+    on_io_exit(&ctx);
+    0
+}
+
+const EAGAIN: i64 = 11;
+const EINTR: i64 = 4;
+
+#[inline(always)]
+fn on_io_exit(ctx: &TracePointContext) {
+    let Some(a) = take(ctx) else { return };
+    if a.kind == K_ACCEPT {
+        return;
+    }
+    let Some(ret) = arg::<i64>(ctx, RET) else { return };
+    let Some(c) = CONNS.get_ptr_mut(&a.fd) else { return };
+    let resp = a.kind == K_WRITE || a.kind == K_WRITEV;
+    if ret <= 0 {
+        if !resp {
+            let cc = unsafe { &mut *c };
+            if ret == 0 {
+                cc.flags |= F_PEER_EOF;
+            } else if ret != -EAGAIN && ret != -EINTR {
+                cc.flags |= F_READ_ERROR;
+            }
+        }
+        return;
+    }
+    let Some(s) = SCRATCH.get_ptr_mut(0) else { return };
+    let now = unsafe { bpf_ktime_get_ns() };
+    unsafe {
+        let sc = &mut *s;
+        sc.now = now;
+        sc.pos = 0;
+        sc.win_len = 0;
+        sc.win_start = 0;
+        sc.total_left = ret as u64;
+        if a.kind == K_READV || a.kind == K_WRITEV {
+            sc.iov_ptr = a.ptr;
+            sc.iov_cnt = a.cnt;
+            sc.iov_idx = 0;
+            sc.cur_ptr = 0;
+            sc.cur_len = 0;
+        } else {
+            sc.iov_ptr = 0;
+            sc.iov_cnt = 0;
+            sc.iov_idx = 0;
+            sc.cur_ptr = a.ptr;
+            sc.cur_len = ret as u64;
+            sc.total_left = 0;
+        }
+        let cc = &mut *c;
+        if resp {
+            cc.bytes_out += ret as u64;
+        } else {
+            cc.bytes_in += ret as u64;
+        }
+        let mut lc = parse::LoopCtx { conn: c, scratch: s };
+        let cb: *mut c_void = if resp {
+            parse::resp_cb as *mut c_void
+        } else {
+            parse::req_cb as *mut c_void
+        };
+        bpf_loop(STEP_BUDGET, cb, &mut lc as *mut _ as *mut c_void, 0);
+        // Bytes the loop did not get to (budget, too many iovecs).
+        let mut unseen = (*s).total_left;
+        if (*s).cur_len > (*s).pos {
+            unseen += (*s).cur_len - (*s).pos;
+        }
+        if unseen > 0 {
+            parse::skip_unseen(&mut *c, resp, unseen, now);
+        }
+        if resp {
+            parse::after_write(&mut *c, now);
+        }
+    }
+    stat_add(stats::PARSED_SYSCALLS, 1);
+}
+
+// ---- close and fd reuse -------------------------------------------------------
+
+#[tracepoint]
+pub fn enter_close(ctx: TracePointContext) -> u32 {
+    let Some(_) = ours() else { return 0 };
+    let Some(fd) = arg::<u64>(&ctx, ARG0) else { return 0 };
+    let fd = fd as u32;
+    let Some(c) = CONNS.get_ptr_mut(&fd) else { return 0 };
+    let now = unsafe { bpf_ktime_get_ns() };
+    unsafe { parse::on_close(&mut *c, now) };
+    let _ = CONNS.remove(&fd);
+    0
+}
+
+#[tracepoint]
+pub fn exit_socket(ctx: TracePointContext) -> u32 {
+    let Some(_) = ours() else { return 0 };
+    let Some(ret) = arg::<i64>(&ctx, RET) else { return 0 };
+    if ret >= 0 {
+        let _ = CONNS.remove(&(ret as u32));
+    }
+    0
+}
+
+// ---- helpers used by parse ------------------------------------------------------
+
+/// Copy `len` bytes of user memory; false on fault.
+#[inline(always)]
+pub(crate) unsafe fn read_user(dst: *mut u8, len: u32, src: u64) -> bool {
+    bpf_probe_read_user(dst as *mut c_void, len, src as *const c_void) == 0
+}
+
+/// Reset `dst` (`len` bytes) from the all-zero map entry at the same offset.
+#[inline(always)]
+pub(crate) unsafe fn zero_from_template(dst: *mut u8, len: u32, offset: usize) {
+    if let Some(z) = ZERO.get_ptr(0) {
+        let src = (z as *const u8).add(offset);
+        bpf_probe_read_kernel(dst as *mut c_void, len, src as *const c_void);
+    }
+}
+
+/// Send a record; count it as dropped if the ring buffer is full.
+#[inline(always)]
+pub(crate) fn emit<T>(rec: &T) {
+    if EVENTS.output::<T>(rec, 0).is_ok() {
+        stat_add(stats::RECORDS, 1);
+    } else {
+        stat_add(stats::RINGBUF_DROPS, 1);
+    }
+}
+
+#[inline(always)]
+pub(crate) fn extra_hashes() -> [u64; 4] {
+    [EXTRA_H0.load(), EXTRA_H1.load(), EXTRA_H2.load(), EXTRA_H3.load()]
+}
+
+#[inline(always)]
+pub(crate) fn fp_key() -> (u64, u64) {
+    (FP_K0.load(), FP_K1.load())
+}
+
+const _: () = assert!(WIN.is_power_of_two());
+const _: () = assert!(size_of::<Args>() == 24);
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[no_mangle]
+#[link_section = "license"]
+pub static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,288 @@
+//! User side of apx-capture: load the prebuilt eBPF object, point it at a
+//! process, attach the syscall tracepoints, drain the ring buffer.
+//!
+//! ```no_run
+//! use apx_capture::{Capture, Config};
+//! let mut cap = Capture::start(&Config::for_pid(std::process::id())).unwrap();
+//! cap.poll(|rec| { /* Record::Request / Response / Close */ let _ = rec; });
+//! let s = cap.stats().unwrap(); // s.ringbuf_drops: records the kernel could not deliver
+//! ```
+//!
+//! The gateway embeds this: `Config::for_pid(std::process::id())`, register its
+//! listening sockets (`Config::listeners` or `Capture::register_listener`),
+//! then wait on `Capture::ring_fd()` (e.g. tokio `AsyncFd`) and call `poll`.
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+use aya::programs::TracePoint;
+use aya::{Ebpf, EbpfLoader};
+
+pub use apx_capture_common as common;
+pub use apx_capture_common::user::{Exchange, Joiner, Record};
+use apx_capture_common::{name_hash, stats, EXTRA_SLOTS};
+
+/// The compiled programs, committed (see gateway-ebpf/build.sh, check.sh).
+pub static PREBUILT: &[u8] = include_bytes!("../../prebuilt/apx-capture.bpf.o");
+
+/// (program, tracepoint category, tracepoint name)
+pub const HOOKS: &[(&str, &str, &str)] = &[
+    ("enter_accept4", "syscalls", "sys_enter_accept4"),
+    ("exit_accept4", "syscalls", "sys_exit_accept4"),
+    ("enter_accept", "syscalls", "sys_enter_accept"),
+    ("exit_accept", "syscalls", "sys_exit_accept"),
+    ("enter_read", "syscalls", "sys_enter_read"),
+    ("exit_read", "syscalls", "sys_exit_read"),
+    ("enter_recvfrom", "syscalls", "sys_enter_recvfrom"),
+    ("exit_recvfrom", "syscalls", "sys_exit_recvfrom"),
+    ("enter_readv", "syscalls", "sys_enter_readv"),
+    ("exit_readv", "syscalls", "sys_exit_readv"),
+    ("enter_write", "syscalls", "sys_enter_write"),
+    ("exit_write", "syscalls", "sys_exit_write"),
+    ("enter_sendto", "syscalls", "sys_enter_sendto"),
+    ("exit_sendto", "syscalls", "sys_exit_sendto"),
+    ("enter_writev", "syscalls", "sys_enter_writev"),
+    ("exit_writev", "syscalls", "sys_exit_writev"),
+    ("enter_close", "syscalls", "sys_enter_close"),
+    ("exit_socket", "syscalls", "sys_exit_socket"),
+];
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Process (tgid) whose accepted sockets are captured.
+    pub tgid: u32,
+    /// 16-byte key of the credential fingerprint (SipHash-2-4).
+    pub fingerprint_key: [u8; 16],
+    /// Up to 4 more header names to capture in clear (slots 10..13).
+    pub extra_headers: Vec<String>,
+    /// Listening sockets of `tgid`: (fd, local port). Empty: discover from /proc.
+    pub listeners: Vec<(u32, u16)>,
+    /// Only track connections accepted on a listener in `listeners`.
+    pub require_listener: bool,
+    /// Ring buffer size in bytes (power of two, multiple of the page size).
+    pub ringbuf_bytes: Option<u32>,
+    /// Connections tracked at once.
+    pub max_conns: Option<u32>,
+    /// Use this object instead of `PREBUILT`.
+    pub object: Option<Vec<u8>>,
+}
+
+impl Config {
+    pub fn for_pid(tgid: u32) -> Config {
+        Config {
+            tgid,
+            fingerprint_key: apx_capture_common::TEST_KEY,
+            extra_headers: Vec::new(),
+            listeners: Vec::new(),
+            require_listener: false,
+            ringbuf_bytes: None,
+            max_conns: None,
+            object: None,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Error(pub String);
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for Error {}
+fn err<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> Error + '_ {
+    move |e| Error(format!("{what}: {e}"))
+}
+
+/// Sum over CPUs of the `STATS` counters.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Stats {
+    /// Records lost because the ring buffer was full.
+    pub ringbuf_drops: u64,
+    /// Connections not tracked because `CONNS` was full.
+    pub conn_map_full: u64,
+    pub records: u64,
+    pub conns: u64,
+    pub parsed_syscalls: u64,
+    pub args_map_full: u64,
+}
+
+pub struct Capture {
+    ebpf: Ebpf,
+    ring: RingBuf<MapData>,
+    /// Time spent in `EbpfLoader::load` (includes verification of all programs).
+    pub load_time: Duration,
+    /// Time spent loading + attaching the tracepoints.
+    pub attach_time: Duration,
+}
+
+/// Make sure tracefs is mounted (syscall tracepoints need it).
+pub fn ensure_tracefs() -> Result<(), Error> {
+    for p in ["/sys/kernel/tracing/events", "/sys/kernel/debug/tracing/events"] {
+        if Path::new(p).is_dir() {
+            return Ok(());
+        }
+    }
+    let rc = unsafe {
+        libc::mount(
+            c"nodev".as_ptr(),
+            c"/sys/kernel/tracing".as_ptr(),
+            c"tracefs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(Error(format!(
+            "tracefs is not mounted and mounting it on /sys/kernel/tracing failed: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    Ok(())
+}
+
+/// Listening TCP sockets of `pid`: (fd, port), from /proc/PID/fd and /proc/net/tcp{,6}.
+pub fn discover_listeners(pid: u32) -> Vec<(u32, u16)> {
+    let mut inode_port = std::collections::HashMap::new();
+    for f in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{}", &f[10..])).or_else(|_| std::fs::read_to_string(f)) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if cols.len() < 10 || cols[3] != "0A" {
+                continue; // not LISTEN
+            }
+            let Some(port) = cols[1].rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok()) else {
+                continue;
+            };
+            inode_port.insert(cols[9].to_string(), port);
+        }
+    }
+    let mut out = Vec::new();
+    if let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
+        for e in dir.flatten() {
+            let Ok(fd) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+            let Ok(target) = std::fs::read_link(e.path()) else { continue };
+            let t = target.to_string_lossy();
+            if let Some(inode) = t.strip_prefix("socket:[").and_then(|s| s.strip_suffix(']')) {
+                if let Some(port) = inode_port.get(inode) {
+                    out.push((fd, *port));
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn aligned_copy(bytes: &[u8]) -> Vec<u8> {
+    // The ELF reader wants the image 8-byte aligned; include_bytes! is not.
+    let mut v = Vec::with_capacity(bytes.len() + 8);
+    v.extend_from_slice(bytes);
+    v
+}
+
+impl Capture {
+    /// Mount tracefs if needed, load the programs with `cfg`, attach them.
+    pub fn start(cfg: &Config) -> Result<Capture, Error> {
+        if cfg.extra_headers.len() > EXTRA_SLOTS {
+            return Err(Error(format!("at most {EXTRA_SLOTS} extra headers")));
+        }
+        ensure_tracefs()?;
+        let (k0, k1) = apx_capture_common::key_from_bytes(&cfg.fingerprint_key);
+        let mut extra = [0u64; EXTRA_SLOTS];
+        for (i, h) in cfg.extra_headers.iter().enumerate() {
+            extra[i] = name_hash(h.as_bytes());
+        }
+        let require: u32 = cfg.require_listener as u32;
+        let image = aligned_copy(cfg.object.as_deref().unwrap_or(PREBUILT));
+        let t0 = Instant::now();
+        let mut loader = EbpfLoader::new();
+        loader
+            .override_global("TARGET_TGID", &cfg.tgid, true)
+            .override_global("REQUIRE_LISTENER", &require, true)
+            .override_global("FP_K0", &k0, true)
+            .override_global("FP_K1", &k1, true)
+            .override_global("EXTRA_H0", &extra[0], true)
+            .override_global("EXTRA_H1", &extra[1], true)
+            .override_global("EXTRA_H2", &extra[2], true)
+            .override_global("EXTRA_H3", &extra[3], true);
+        if let Some(n) = cfg.ringbuf_bytes {
+            loader.map_max_entries("EVENTS", n);
+        }
+        if let Some(n) = cfg.max_conns {
+            loader.map_max_entries("CONNS", n);
+        }
+        let mut ebpf = loader.load(&image).map_err(err("loading the eBPF object"))?;
+        let load_time = t0.elapsed();
+        let listeners = if cfg.listeners.is_empty() {
+            discover_listeners(cfg.tgid)
+        } else {
+            cfg.listeners.clone()
+        };
+        {
+            let mut map: BpfHashMap<_, u32, u16> =
+                BpfHashMap::try_from(ebpf.map_mut("LISTENERS").ok_or(Error("no LISTENERS map".into()))?)
+                    .map_err(err("LISTENERS"))?;
+            for (fd, port) in listeners {
+                map.insert(fd, port, 0).map_err(err("LISTENERS insert"))?;
+            }
+        }
+        for (prog, cat, name) in HOOKS {
+            let p: &mut TracePoint = ebpf
+                .program_mut(prog)
+                .ok_or_else(|| Error(format!("program {prog} missing from the object")))?
+                .try_into()
+                .map_err(err(prog))?;
+            p.load().map_err(|e| Error(format!("verifying {prog}: {e:?}")))?;
+            p.attach(cat, name).map_err(err(name))?;
+        }
+        let attach_time = t0.elapsed();
+        let ring = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or(Error("no EVENTS map".into()))?)
+            .map_err(err("EVENTS"))?;
+        Ok(Capture { ebpf, ring, load_time, attach_time })
+    }
+
+    /// Tell the kernel side that `fd` listens on `port` (listener opened after start).
+    pub fn register_listener(&mut self, fd: u32, port: u16) -> Result<(), Error> {
+        let mut map: BpfHashMap<_, u32, u16> =
+            BpfHashMap::try_from(self.ebpf.map_mut("LISTENERS").ok_or(Error("no LISTENERS map".into()))?)
+                .map_err(err("LISTENERS"))?;
+        map.insert(fd, port, 0).map_err(err("LISTENERS insert"))
+    }
+
+    /// The ring buffer's fd: readable (epoll) when records are waiting.
+    pub fn ring_fd(&self) -> RawFd {
+        self.ring.as_raw_fd()
+    }
+
+    /// Drain every record waiting in the ring buffer; returns how many.
+    pub fn poll(&mut self, mut f: impl FnMut(Record)) -> usize {
+        let mut n = 0;
+        while let Some(item) = self.ring.next() {
+            if let Some(rec) = Record::parse(&item) {
+                f(rec);
+            }
+            n += 1;
+        }
+        n
+    }
+
+    pub fn stats(&self) -> Result<Stats, Error> {
+        let arr: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.ebpf.map("STATS").ok_or(Error("no STATS map".into()))?)
+                .map_err(err("STATS"))?;
+        let sum = |i: u32| -> u64 { arr.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0) };
+        Ok(Stats {
+            ringbuf_drops: sum(stats::RINGBUF_DROPS),
+            conn_map_full: sum(stats::CONN_MAP_FULL),
+            records: sum(stats::RECORDS),
+            conns: sum(stats::CONNS),
+            parsed_syscalls: sum(stats::PARSED_SYSCALLS),
+            args_map_full: sum(stats::ARGS_MAP_FULL),
+        })
+    }
+}
