@@ -69,7 +69,8 @@ impl MockBody {
                 stall_after: plan.stall_after,
                 drop_after: plan.drop_after,
                 compressor: plan.encoding.map(Compressor::new),
-                yield_next: false,
+                // Flush the response head before the first event.
+                yield_next: true,
                 ended: false,
                 guard: plan.stats.map(|shared| StatsGuard {
                     shared,
@@ -122,8 +123,8 @@ struct EventStream {
     stall_after: Option<usize>,
     drop_after: Option<usize>,
     compressor: Option<Compressor>,
-    /// Return `Pending` once (with an immediate wake-up) before the next
-    /// event so hyper flushes every event in its own write.
+    /// Return `Pending` once (with an immediate wake-up) before going on so
+    /// hyper flushes the head and every event in its own write.
     yield_next: bool,
     ended: bool,
     guard: Option<StatsGuard>,
@@ -134,6 +135,13 @@ impl EventStream {
         loop {
             if self.ended {
                 return Poll::Ready(None);
+            }
+            if self.yield_next {
+                // Whatever was produced last is flushed by hyper before it
+                // polls again, so stalls, aborts and delays act on the wire.
+                self.yield_next = false;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
             }
             if self.stall_after.is_some_and(|n| self.sent >= n) {
                 // Hang forever without registering a wake-up. hyper keeps
@@ -157,11 +165,6 @@ impl EventStream {
                     guard.complete();
                 }
                 return Poll::Ready(None);
-            }
-            if self.yield_next {
-                self.yield_next = false;
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
             }
             if self.sleeping {
                 if let Some(sleep) = &mut self.sleep {
@@ -188,6 +191,7 @@ impl EventStream {
                 if let Some(guard) = &mut self.guard {
                     guard.complete();
                 }
+                self.yield_next = true;
             } else if let Some(delay) = self.delay {
                 let deadline = Instant::now() + delay;
                 match &mut self.sleep {

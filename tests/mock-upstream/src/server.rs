@@ -103,9 +103,9 @@ fn route(method: &Method, path: &str, headers: &HeaderMap) -> (Api, Route) {
         "/v1/messages" if post => (Api::Anthropic, Route::Messages),
         "/v1/messages/count_tokens" if post => (Api::Anthropic, Route::CountTokens),
         "/v1/models" if get => {
-            // Both APIs list models here; the Anthropic SDK sends
-            // anthropic-version and no bearer token.
-            if headers.contains_key("anthropic-version") && !headers.contains_key("authorization") {
+            // Both APIs list models here; only Anthropic clients send
+            // anthropic-version.
+            if headers.contains_key("anthropic-version") {
                 (Api::Anthropic, Route::AnthropicModels)
             } else {
                 (Api::OpenAi, Route::OpenAiModels)
@@ -271,7 +271,7 @@ fn check_auth(ctx: &Ctx, headers: &HeaderMap) -> Option<Resp> {
     let shared = &ctx.shared;
     match ctx.api {
         Api::OpenAi => {
-            let Some(auth) = headers.get(http::header::AUTHORIZATION) else {
+            let Some(token) = bearer_token(headers) else {
                 return Some(ctx.openai_error(
                     401,
                     "invalid_request_error",
@@ -285,11 +285,6 @@ fn check_auth(ctx: &Ctx, headers: &HeaderMap) -> Option<Resp> {
                      https://platform.openai.com/account/api-keys.",
                 ));
             };
-            let auth = String::from_utf8_lossy(auth.as_bytes());
-            let token = match auth.split_once(' ') {
-                Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
-                _ => auth.trim(),
-            };
             if token == shared.openai_key {
                 return None;
             }
@@ -301,14 +296,17 @@ fn check_auth(ctx: &Ctx, headers: &HeaderMap) -> Option<Resp> {
                 &format!(
                     "Incorrect API key provided: {}. You can find your API key at \
                      https://platform.openai.com/account/api-keys.",
-                    mask_key(token)
+                    mask_key(&token)
                 ),
             ))
         }
         Api::Anthropic => {
+            // x-api-key is the documented header; the anthropic Python SDK
+            // (2.x) sends the API key as `Authorization: Bearer` instead.
             let key_ok = headers
                 .get("x-api-key")
-                .is_some_and(|k| k.as_bytes() == shared.anthropic_key.as_bytes());
+                .is_some_and(|k| k.as_bytes() == shared.anthropic_key.as_bytes())
+                || bearer_token(headers).is_some_and(|t| t == shared.anthropic_key);
             if !key_ok {
                 return Some(ctx.anthropic_error(401, "authentication_error", "invalid x-api-key"));
             }
@@ -322,6 +320,18 @@ fn check_auth(ctx: &Ctx, headers: &HeaderMap) -> Option<Resp> {
             None
         }
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` header (the whole value
+/// when there is no `Bearer` scheme).
+fn bearer_token(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(http::header::AUTHORIZATION)?;
+    let value = String::from_utf8_lossy(value.as_bytes());
+    let token = match value.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
+        _ => value.trim(),
+    };
+    Some(token.to_owned())
 }
 
 /// `sk-up***test`: first five and last four characters of a key.
