@@ -72,6 +72,15 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        // Install the handlers before announcing readiness so a SIGTERM sent
+        // right after the "listening on" line is never fatal.
+        let signals = match Signals::install() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("apx-mock-upstream: cannot install signal handlers: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         let mock = match MockUpstream::bind(args.listen, args.opts).await {
             Ok(m) => m,
             Err(e) => {
@@ -88,29 +97,49 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
         drop(out);
-        match wait_for_signal().await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("apx-mock-upstream: signal handling failed: {e}");
-                ExitCode::FAILURE
-            }
-        }
+        signals.wait().await;
+        drop(mock);
+        ExitCode::SUCCESS
     })
 }
 
 #[cfg(unix)]
-async fn wait_for_signal() -> std::io::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+#[cfg(unix)]
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
     }
-    Ok(())
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }
 
 #[cfg(not(unix))]
-async fn wait_for_signal() -> std::io::Result<()> {
-    tokio::signal::ctrl_c().await
+struct Signals;
+
+#[cfg(not(unix))]
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        Ok(Signals)
+    }
+
+    async fn wait(self) {
+        // Without a handler there is nothing better to do than run forever.
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
 }
