@@ -98,17 +98,13 @@ pub async fn forward(
     let (mut head, mut upstream_body) = response.into_parts();
     // Wait for the first byte so a failure before it is an HTTP error, not a
     // 200 that breaks; it is sent on the moment it arrives.
-    let first = if upstream_body.is_end_stream() {
-        None
-    } else {
-        first_frame(
-            &mut upstream_body,
-            provider,
-            limits.first_byte_timeout.0,
-            streaming,
-        )
-        .await?
-    };
+    let first = first_frame(
+        &mut upstream_body,
+        provider,
+        limits.first_byte_timeout.0,
+        streaming,
+    )
+    .await?;
     headers::for_client(&mut head.headers);
     let is_event_stream = head
         .headers
@@ -149,6 +145,9 @@ async fn first_frame(
         provider: provider.name().to_string(),
         reason,
     };
+    if body.is_end_stream() && !streaming {
+        return Ok(None);
+    }
     let read = async {
         loop {
             match body.frame().await {

@@ -73,7 +73,11 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let gateway = Arc::new(Gateway::new(&config)?);
+    let mut gateway = Gateway::new(&config)?;
+    if let Ok(addr) = listener.local_addr() {
+        gateway.listen = addr;
+    }
+    let gateway = Arc::new(gateway);
     key_reload::start(
         &gateway,
         config.key_store_path(),

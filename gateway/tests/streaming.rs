@@ -1,0 +1,248 @@
+//! Streams are relayed frame by frame as they arrive, failures before the
+//! first byte are HTTP errors, failures after it are in-band error events,
+//! and a client that leaves cancels the upstream request at once.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+#[tokio::test]
+async fn chat_stream_is_relayed_incrementally() {
+    let gw = TestGateway::start("").await;
+    let response = post(
+        &gw,
+        "/v1/chat/completions",
+        &chat("gpt-test", true),
+        &[("x-mock-scenario", "chunk-delay:150,words:4")],
+    )
+    .await;
+    assert_eq!(response.status, 200);
+    assert_eq!(response.headers["content-type"], "text/event-stream");
+    assert!(
+        response.text().ends_with("data: [DONE]\n\n"),
+        "{}",
+        response.text()
+    );
+    // Events spaced 150 ms apart upstream must reach the client spaced out,
+    // not gathered at the end.
+    let first = response.frames.first().unwrap().0;
+    let last = response.frames.last().unwrap().0;
+    assert!(
+        response.frames.len() >= 6,
+        "{} frames",
+        response.frames.len()
+    );
+    assert!(
+        first < Duration::from_millis(300),
+        "first frame after {first:?}"
+    );
+    assert!(
+        last - first >= Duration::from_millis(600),
+        "spread {:?}",
+        last - first
+    );
+}
+
+#[tokio::test]
+async fn anthropic_stream_arrives_complete() {
+    let gw = TestGateway::start("").await;
+    let response = post(&gw, "/v1/messages", &message("claude-test", true), &[]).await;
+    assert_eq!(response.status, 200);
+    let text = response.text();
+    for event in [
+        "message_start",
+        "content_block_delta",
+        "message_delta",
+        "message_stop",
+    ] {
+        assert!(
+            text.contains(&format!("event: {event}\n")),
+            "{event} missing: {text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn upstream_error_before_the_stream_is_an_http_error() {
+    let gw = TestGateway::start("").await;
+    let response = post(
+        &gw,
+        "/v1/chat/completions",
+        &chat("gpt-test", true),
+        &[("x-mock-scenario", "status:500")],
+    )
+    .await;
+    assert_eq!(response.status, 500);
+    assert!(response.json()["error"]["message"].is_string());
+}
+
+#[tokio::test]
+async fn empty_upstream_stream_is_a_502_not_an_empty_200() {
+    let gw = TestGateway::start("").await;
+    let response = post(
+        &gw,
+        "/v1/chat/completions",
+        &chat("gpt-test", true),
+        &[("x-mock-scenario", "empty-stream")],
+    )
+    .await;
+    assert_eq!(response.status, 502);
+    assert_eq!(response.json()["error"]["code"], "upstream_error");
+}
+
+#[tokio::test]
+async fn slow_first_byte_is_a_504() {
+    let gw = TestGateway::start("[limits]\nfirst_byte_timeout = \"300ms\"").await;
+    let started = std::time::Instant::now();
+    let response = post(
+        &gw,
+        "/v1/messages",
+        &message("claude-test", true),
+        &[("x-mock-scenario", "slow-first-byte:2000")],
+    )
+    .await;
+    assert_eq!(response.status, 504);
+    assert_eq!(response.json()["error"]["type"], "timeout_error");
+    assert!(started.elapsed() < Duration::from_millis(1500));
+}
+
+#[tokio::test]
+async fn upstream_dropping_mid_stream_ends_with_an_error_event() {
+    let gw = TestGateway::start("").await;
+    let openai = post(
+        &gw,
+        "/v1/chat/completions",
+        &chat("gpt-test", true),
+        &[("x-mock-scenario", "drop-after:2")],
+    )
+    .await;
+    assert_eq!(openai.status, 200);
+    let text = openai.text();
+    let last = text.trim_end().rsplit("\n\n").next().unwrap();
+    assert!(last.starts_with("data: {\"error\":"), "{text}");
+    assert!(!text.contains("[DONE]"));
+
+    let anthropic = post(
+        &gw,
+        "/v1/messages",
+        &message("claude-test", true),
+        &[("x-mock-scenario", "drop-after:2")],
+    )
+    .await;
+    let text = anthropic.text();
+    assert!(
+        text.contains("event: error\ndata: {\"error\":{\"message\""),
+        "{text}"
+    );
+    assert!(!text.contains("message_stop"));
+}
+
+#[tokio::test]
+async fn stalled_stream_ends_after_the_idle_timeout() {
+    let gw = TestGateway::start("[limits]\nidle_timeout = \"400ms\"").await;
+    let started = std::time::Instant::now();
+    let response = post(
+        &gw,
+        "/v1/chat/completions",
+        &chat("gpt-test", true),
+        &[("x-mock-scenario", "stall-after:2")],
+    )
+    .await;
+    assert_eq!(response.status, 200);
+    assert!(
+        response.text().contains("idle timeout"),
+        "{}",
+        response.text()
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+}
+
+#[tokio::test]
+async fn client_disconnect_cancels_the_upstream_stream_at_once() {
+    use http_body_util::BodyExt;
+    let gw = TestGateway::start("").await;
+    let request = http::Request::post(gw.url("/v1/chat/completions"))
+        .header("authorization", format!("Bearer {CLIENT_KEY}"))
+        .header("x-mock-scenario", "chunk-delay:100,words:100")
+        .body(http_body_util::Full::new(bytes::Bytes::from(chat(
+            "gpt-test", true,
+        ))))
+        .unwrap();
+    let response = client().request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let first = body.frame().await.unwrap().unwrap();
+    assert!(first.is_data());
+    assert_eq!(gw.mock.stats().cancelled_streams, 0);
+    drop(body);
+    let cancelled = eventually(Duration::from_secs(1), || {
+        gw.mock.stats().cancelled_streams == 1
+    })
+    .await;
+    assert!(cancelled, "stats: {:?}", gw.mock.stats());
+    assert_eq!(gw.mock.stats().completed_streams, 0);
+}
+
+#[tokio::test]
+async fn compressed_upstream_bodies_reach_the_client_intact() {
+    let gw = TestGateway::start("").await;
+    for encoding in ["gzip", "br"] {
+        let response = post(
+            &gw,
+            "/v1/chat/completions",
+            &chat("gpt-test", false),
+            &[("x-mock-scenario", encoding), ("accept-encoding", encoding)],
+        )
+        .await;
+        assert_eq!(response.status, 200);
+        assert_eq!(response.headers["content-encoding"], encoding);
+        let decoded = decode(encoding, &response.body());
+        let value: serde_json::Value = serde_json::from_slice(&decoded).unwrap();
+        assert_eq!(value["object"], "chat.completion");
+    }
+}
+
+fn decode(encoding: &str, data: &[u8]) -> Vec<u8> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    match encoding {
+        "gzip" => flate2::read::GzDecoder::new(data)
+            .read_to_end(&mut out)
+            .unwrap(),
+        _ => brotli_decompressor::Decompressor::new(data, 4096)
+            .read_to_end(&mut out)
+            .unwrap(),
+    };
+    out
+}
+
+#[tokio::test]
+async fn graceful_shutdown_lets_a_running_stream_finish() {
+    let mut gw = TestGateway::start("").await;
+    let addr = gw.addr;
+    let body = chat("gpt-test", true);
+    let request = http::Request::post(gw.url("/v1/chat/completions"))
+        .header("authorization", format!("Bearer {CLIENT_KEY}"))
+        .header("x-mock-scenario", "chunk-delay:100,words:5")
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .unwrap();
+    let response = client().request(request).await.unwrap();
+    gw.begin_shutdown();
+    use http_body_util::BodyExt;
+    let collected = response.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&collected).ends_with("data: [DONE]\n\n"));
+    // After shutdown began, the listener is closed.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    let task = gw.task.take().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .unwrap()
+        .unwrap();
+}
