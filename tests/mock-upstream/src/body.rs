@@ -19,7 +19,7 @@ use crate::Shared;
 use crate::scenario::Encoding;
 
 /// Body of every response the mock sends.
-pub struct MockBody {
+pub(crate) struct MockBody {
     inner: Inner,
 }
 

@@ -29,8 +29,6 @@ use serde::{Serialize, Serializer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub use body::MockBody;
-
 /// Credentials the mock accepts.
 #[derive(Clone, Debug)]
 pub struct MockOptions {
