@@ -3,6 +3,8 @@ the error body shape of its API family."""
 
 from __future__ import annotations
 
+import re
+
 import anthropic
 import httpx
 import openai
@@ -177,6 +179,7 @@ def test_upstream_429_openai(oai, mock):
     assert exc.response.headers["retry-after"] == "7"
     assert exc.response.headers["x-ratelimit-remaining-requests"] == "0"
     assert exc.response.headers["x-ratelimit-reset-requests"] == "7s"
+    assert re.fullmatch(r"req_[0-9a-f]{32}", exc.response.headers["x-request-id"])
     error = openai_error(exc)
     assert error["type"] == "rate_limit_exceeded"
     assert error["message"] == (
@@ -195,6 +198,7 @@ def test_upstream_429_anthropic(claude, mock):
     assert exc.status_code == 429
     assert exc.response.headers["retry-after"] == "7"
     assert exc.response.headers["anthropic-ratelimit-requests-remaining"] == "0"
+    assert re.fullmatch(r"req_011C[0-9A-Za-z]{22}", exc.request_id or "")
     error = anthropic_error(exc)
     assert error["type"] == "rate_limit_error"
     assert error["message"] == "Number of request tokens has exceeded your per-minute rate limit"

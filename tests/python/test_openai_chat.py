@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
@@ -248,3 +249,21 @@ def test_async_client_stream(gateway, client_key, mock):
 
     pieces = asyncio.run(run())
     assert "".join(pieces) == mock_reply("gpt-test", "async please")
+
+
+def test_parallel_requests_do_not_mix(oai, mock):
+    prompts = [f"request number {i}" for i in range(24)]
+
+    def ask(prompt: str) -> str:
+        model = "gpt-test" if prompt.endswith(("0", "2", "4", "6", "8")) else "gpt-renamed"
+        completion = oai.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": prompt}]
+        )
+        return completion.choices[0].message.content
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(ask, prompts))
+    for prompt, answer in zip(prompts, answers):
+        model = "gpt-test" if prompt[-1] in "02468" else "gpt-upstream-name"
+        assert answer == mock_reply(model, prompt)
+    assert len(mock.requests()) == len(prompts)

@@ -147,6 +147,53 @@ def test_empty_stream_raises_at_create_anthropic(claude, mock):
     assert body["error"]["type"] == "api_error"
 
 
+def test_stream_rate_limited_raises_at_create(oai, mock):
+    with pytest.raises(openai.RateLimitError) as info:
+        oai.chat.completions.create(
+            model="gpt-test", messages=USER, stream=True, extra_headers=scenario("status:429")
+        )
+    assert info.value.response.headers["retry-after"] == "7"
+
+
+def test_connection_cut_before_the_first_byte_is_a_502(oai, claude, mock):
+    # drop-after:0: the upstream sends its head, then cuts the body at once.
+    with pytest.raises(openai.APIStatusError) as info:
+        oai.chat.completions.create(
+            model="gpt-test", messages=USER, stream=True, extra_headers=scenario("drop-after:0")
+        )
+    assert info.value.status_code == 502
+    assert info.value.response.json()["error"]["type"] == "server_error"
+    with pytest.raises(openai.APIStatusError) as info:
+        oai.chat.completions.create(
+            model="gpt-test", messages=USER, extra_headers=scenario("drop-after:0")
+        )
+    assert info.value.status_code == 502
+    with pytest.raises(anthropic.APIStatusError) as info:
+        claude.messages.create(
+            model="claude-test",
+            max_tokens=8,
+            messages=USER,
+            stream=True,
+            extra_headers=scenario("drop-after:0"),
+        )
+    assert info.value.status_code == 502
+    assert info.value.response.json()["error"]["type"] == "api_error"
+
+
+def test_stall_before_the_first_byte_is_a_504(make_openai, timeout_gateway, mock):
+    client = make_openai(gw=timeout_gateway)
+    start = time.monotonic()
+    with pytest.raises(openai.APIStatusError) as info:
+        client.chat.completions.create(
+            model="gpt-test", messages=USER, stream=True, extra_headers=scenario("stall-after:0")
+        )
+    elapsed = time.monotonic() - start
+    assert info.value.status_code == 504
+    assert 0.9 < elapsed < 2.5
+    stats = mock.wait_for_stats(lambda s: s["cancelled_streams"] >= 1, 1.0)
+    assert stats["cancelled_streams"] == 1
+
+
 def test_slow_first_byte_is_a_504_openai(make_openai, timeout_gateway, mock):
     client = make_openai(gw=timeout_gateway)
     start = time.monotonic()
@@ -189,6 +236,19 @@ def test_slow_first_byte_within_the_limit_succeeds(make_openai, timeout_gateway,
     )
     text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
     assert text == mock_reply("gpt-test", "stream please")
+
+
+def test_long_stream_is_complete(oai, claude, mock):
+    expected = " ".join(f"w{i}" for i in range(1, 2001))
+    stream = oai.chat.completions.create(
+        model="gpt-test", messages=USER, stream=True, extra_headers=scenario("words:2000")
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == expected
+    with claude.messages.stream(
+        model="claude-test", max_tokens=8, messages=USER, extra_headers=scenario("words:2000")
+    ) as stream:
+        assert stream.get_final_message().content[0].text == expected
+    assert mock.stats()["completed_streams"] == 2
 
 
 # --- failures after the first byte raise while iterating ---------------------
