@@ -1,1 +1,9 @@
+pub mod call;
+pub mod completions;
+pub mod doctor;
+pub mod init;
+pub mod keys;
+pub mod lifecycle;
+pub mod models;
+pub mod paths;
 pub mod serve;

@@ -1,16 +1,22 @@
 //! `apx serve` and `apx check`.
 
 use std::io::IsTerminal;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use tracing_subscriber::EnvFilter;
+
+use crate::local::Local;
 
 #[derive(clap::Args)]
 pub struct Args {
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Remove this pidfile on exit if it still names this process (used by
+    /// the daemon `apx start` runs).
+    #[arg(long, value_name = "FILE", hide = true)]
+    pidfile: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -21,27 +27,37 @@ enum LogFormat {
 
 pub fn run(config_path: &Path, args: Args) -> anyhow::Result<()> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    // Colours only for a person at a terminal, and never with NO_COLOR.
-    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let subscriber = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(colour)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match args.log_format {
         LogFormat::Text => subscriber.init(),
         LogFormat::Json => subscriber.json().init(),
     }
-    let config = apx_gateway::config::load(config_path)?;
+    // `${NAME}` references resolve from apx.env beside the config first, as
+    // under systemd's EnvironmentFile=, so a foreground `apx serve` runs the
+    // same gateway as `apx start`.
+    let config = Local::discover(config_path)?.config()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(apx_gateway::run(config))?;
+    let result = runtime.block_on(apx_gateway::run(config));
+    if let Some(pidfile) = &args.pidfile {
+        let ours = std::fs::read_to_string(pidfile)
+            .is_ok_and(|text| text.trim() == std::process::id().to_string());
+        if ours {
+            let _ = std::fs::remove_file(pidfile);
+        }
+    }
+    result?;
     Ok(())
 }
 
 pub fn check(config_path: &Path) -> anyhow::Result<()> {
-    let config = apx_gateway::config::load(config_path)?;
+    let config = Local::discover(config_path)?.config()?;
     println!(
         "{}: ok ({} providers, {} models, {} keys, listening on {})",
         config_path.display(),
