@@ -335,9 +335,13 @@ class Gateway:
             if status is not None and "cannot listen" in log:
                 continue
             self.stop()
+            what = (
+                f"exited with status {status} before answering GET /healthz"
+                if status is not None
+                else f"did not answer GET /healthz with 200 within {STARTUP_TIMEOUT}s"
+            )
             raise HarnessError(
-                f"gateway `{self.name}` did not answer GET /healthz with 200 within "
-                f"{STARTUP_TIMEOUT}s (exit status {status}). Config {self.config_path}:\n"
+                f"gateway `{self.name}` {what}. Config {self.config_path}:\n"
                 f"{self.config_path.read_text()}\nstderr:\n{log}"
             )
         raise HarnessError(f"gateway `{self.name}` could not bind a port:\n{self.stderr_text()}")
