@@ -311,10 +311,14 @@ fn main() {
 
     let mut cap = Capture::start(&cfg).unwrap_or_else(|e| die(&e.to_string()));
     eprintln!(
-        "{{\"event\":\"attached\",\"pid\":{pid},\"load_ms\":{:.1},\"load_attach_ms\":{:.1},\"listeners\":{:?}}}",
+        "{{\"event\":\"attached\",\"pid\":{pid},\"load_ms\":{:.1},\"load_attach_ms\":{:.1},\"listeners\":[{}]}}",
         cap.load_time.as_secs_f64() * 1e3,
         cap.attach_time.as_secs_f64() * 1e3,
         apx_capture::discover_listeners(pid)
+            .iter()
+            .map(|(fd, port)| format!("[{fd},{port}]"))
+            .collect::<Vec<_>>()
+            .join(",")
     );
     unsafe {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);

@@ -1,0 +1,379 @@
+#!/usr/bin/env python3
+"""End-to-end check of the apx capture programs (needs root, tracefs, bpf).
+
+Starts an HTTP/1.1 server (a keep-alive Python server by default, or
+`--hyper PATH` for the example hyper server), attaches apx-capture-probe to
+it, drives scenarios over loopback, and checks the JSON lines:
+
+  basic        GET with Authorization/x-api-key/Cookie/MCP headers + 1 extra header
+  split        one request written in 3 pieces with sleeps (split inside a
+               header name and inside the bearer token)
+  pipelined    GET + HEAD + POST(body) in one send on one connection
+  chunked      POST with a chunked body, then a GET on the same connection
+  garbage      TLS-looking bytes → not_http record
+  notline      "hello world\\r\\n" → not_http
+  h2           HTTP/2 prior-knowledge preface → not_http + h2
+  vanish       half a request, then RST → partial + peer_eof/read_error
+  bighdr       20 KB header value + 400-byte path → truncated flags, still parsed
+  (hyper only) chunked/slow responses: status + end timestamps
+
+Exit 0 if every check passes; prints 'N passed, M failed'.
+"""
+import argparse
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+TOKEN = "sk-apx-test-0123456789abcdef"  # common::TEST_TOKEN
+TEST_FP = "75cfa234b78427ba"  # common::TEST_FP (key = TEST_KEY)
+API_KEY = "sk-ant-other-key-42"
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *a):
+        pass
+
+    def _reply(self, body=b"ok\n", status=200):
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def do_GET(self):
+        self._reply()
+
+    def do_HEAD(self):
+        self._reply()
+
+    def do_POST(self):
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            total = 0
+            while True:
+                size = int(self.rfile.readline().split(b";")[0], 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    break
+                total += len(self.rfile.read(size))
+                self.rfile.readline()
+        else:
+            total = len(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
+        self._reply(f"got {total}\n".encode())
+
+
+def serve(port):
+    ThreadingHTTPServer.daemon_threads = True
+    ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+
+
+def conn(port):
+    s = socket.create_connection(("127.0.0.1", port))
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    s.settimeout(3)
+    return s
+
+
+def recv_all(s, until_close=False, want=None, timeout=1.0):
+    s.settimeout(timeout)
+    data = b""
+    try:
+        while True:
+            b = s.recv(65536)
+            if not b:
+                break
+            data += b
+            if want is not None and data.count(b"HTTP/1.") >= want and data.endswith((b"\n", b"ok\n")):
+                # enough responses (bodies are short)
+                time.sleep(0.05)
+                s.settimeout(0.2)
+    except socket.timeout:
+        pass
+    return data
+
+
+def scenario_basic(port, hyper):
+    s = conn(port)
+    s.sendall(
+        (
+            "GET /v1/messages?x=1 HTTP/1.1\r\nHost: gw.local\r\nUser-Agent: e2e/1.0\r\n"
+            f"Authorization: Bearer {TOKEN}\r\nx-api-key: {API_KEY}\r\nCookie: session=abc; other=1\r\n"
+            "X-Request-Id: req-basic-1\r\ntraceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n"
+            "anthropic-version: 2023-06-01\r\nMcp-Session-Id: sess-9\r\nMcp-Method: tools/call\r\nMcp-Name: search\r\n"
+            "X-Tenant: acme\r\nConnection: close\r\n\r\n"
+        ).encode()
+    )
+    recv_all(s)
+    s.close()
+
+
+def scenario_split(port, hyper):
+    s = conn(port)
+    s.sendall(b"GET /split HTTP/1.1\r\nHost: split.local\r\nX-Requ")
+    time.sleep(0.15)
+    s.sendall(f"est-Id: req-split\r\nAuthorization: Bearer {TOKEN[:10]}".encode())
+    time.sleep(0.15)
+    s.sendall(f"{TOKEN[10:]}\r\nConnection: close\r\n\r\n".encode())
+    recv_all(s)
+    s.close()
+
+
+def scenario_pipelined(port, hyper):
+    s = conn(port)
+    body = b"0123456789" * 5
+    s.sendall(
+        b"GET /p1 HTTP/1.1\r\nHost: pipe\r\nX-Request-Id: p1\r\n\r\n"
+        b"HEAD /p2 HTTP/1.1\r\nHost: pipe\r\nX-Request-Id: p2\r\n\r\n"
+        b"POST /p3 HTTP/1.1\r\nHost: pipe\r\nX-Request-Id: p3\r\nContent-Type: text/plain\r\nContent-Length: 50\r\nConnection: close\r\n\r\n"
+        + body
+    )
+    recv_all(s)
+    s.close()
+
+
+def scenario_chunked(port, hyper):
+    s = conn(port)
+    s.sendall(
+        b"POST /chunk HTTP/1.1\r\nHost: c\r\nX-Request-Id: ch1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\n\r\n"
+    )
+    time.sleep(0.2)
+    s.sendall(b"GET /after-chunk HTTP/1.1\r\nHost: c\r\nX-Request-Id: ch2\r\nConnection: close\r\n\r\n")
+    recv_all(s)
+    s.close()
+
+
+def scenario_garbage(port, hyper):
+    s = conn(port)
+    s.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + os.urandom(64))
+    recv_all(s, timeout=0.5)
+    s.close()
+
+
+def scenario_notline(port, hyper):
+    s = conn(port)
+    s.sendall(b"hello world\r\n\r\n")
+    recv_all(s, timeout=0.5)
+    s.close()
+
+
+def scenario_h2(port, hyper):
+    s = conn(port)
+    s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+    recv_all(s, timeout=0.5)
+    s.close()
+
+
+def scenario_vanish(port, hyper):
+    s = conn(port)
+    s.sendall(b"POST /vanish HTTP/1.1\r\nHost: v\r\nX-Request-Id: gone\r\nAuthorization: Bearer half-a-tok")
+    time.sleep(0.2)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()  # RST
+
+
+def scenario_bighdr(port, hyper):
+    s = conn(port)
+    path = "/big/" + "a" * 400
+    s.sendall(
+        f"GET {path} HTTP/1.1\r\nHost: big\r\nUser-Agent: {'U' * 20000}\r\nX-Request-Id: big1\r\nConnection: close\r\n\r\n".encode()
+    )
+    recv_all(s)
+    s.close()
+
+
+def scenario_hyper_bodies(port, hyper):
+    s = conn(port)
+    s.sendall(b"GET /chunked HTTP/1.1\r\nHost: h\r\nX-Request-Id: hc\r\n\r\n")
+    time.sleep(0.3)
+    s.sendall(b"GET /slow HTTP/1.1\r\nHost: h\r\nX-Request-Id: hs\r\nConnection: close\r\n\r\n")
+    recv_all(s, timeout=1.0)
+    s.close()
+
+
+SCENARIOS = [
+    scenario_basic,
+    scenario_split,
+    scenario_pipelined,
+    scenario_chunked,
+    scenario_garbage,
+    scenario_notline,
+    scenario_h2,
+    scenario_vanish,
+    scenario_bighdr,
+]
+
+
+class Checker:
+    def __init__(self):
+        self.ok = 0
+        self.bad = 0
+
+    def check(self, name, cond, detail=""):
+        if cond:
+            self.ok += 1
+            print(f"  ok   {name}")
+        else:
+            self.bad += 1
+            print(f"  FAIL {name} {detail}")
+
+
+def by_rid(lines, rid):
+    return [l for l in lines if l.get("request", {}).get("headers", {}).get("x-request-id") == rid]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--probe", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "target/release/apx-capture-probe"))
+    ap.add_argument("--hyper", help="path of the hyper_server example binary (default: Python server)")
+    ap.add_argument("--port", type=int, default=38419)
+    ap.add_argument("--out", default="/tmp/apx-e2e.jsonl")
+    a = ap.parse_args()
+
+    if a.hyper:
+        server = subprocess.Popen([a.hyper, f"127.0.0.1:{a.port}"], stderr=subprocess.DEVNULL)
+    else:
+        server = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--serve", str(a.port)], stderr=subprocess.DEVNULL)
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", a.port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    out = open(a.out, "w")
+    err = open(a.out + ".stderr", "w")
+    probe = subprocess.Popen(
+        [a.probe, "--pid", str(server.pid), "--header", "X-Tenant", "--known-key", f"gw-key-1={TOKEN}", "--duration", "60"],
+        stdout=out,
+        stderr=err,
+    )
+    # Wait for "attached".
+    deadline = time.time() + 30
+    while time.time() < deadline and "attached" not in open(a.out + ".stderr").read():
+        if probe.poll() is not None:
+            print(open(a.out + ".stderr").read())
+            sys.exit("probe failed to start")
+        time.sleep(0.1)
+    # A connection made before attach is not seen; every scenario opens its own.
+    scen = SCENARIOS + ([scenario_hyper_bodies] if a.hyper else [])
+    for f in scen:
+        f(a.port, bool(a.hyper))
+        time.sleep(0.1)
+    time.sleep(0.7)
+    probe.send_signal(signal.SIGINT)
+    probe.wait(timeout=10)
+    server.send_signal(signal.SIGTERM)
+    try:
+        server.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        server.kill()
+    out.close()
+    err.close()
+    raw = open(a.out).read()
+    lines = [json.loads(l) for l in raw.splitlines() if l.strip()]
+    stats = [json.loads(l) for l in open(a.out + ".stderr").read().splitlines() if l.startswith("{")]
+    print(f"{len(lines)} exchange lines; probe: {stats}")
+
+    c = Checker()
+    c.check("no clear token anywhere in the output", TOKEN not in raw and API_KEY not in raw and "session=abc" not in raw)
+    c.check("no ring buffer drops", stats and stats[-1].get("ringbuf_drops") == 0, str(stats[-1:]))
+
+    b = by_rid(lines, "req-basic-1")
+    c.check("basic: one record", len(b) == 1, str(len(b)))
+    if b:
+        q, r = b[0]["request"], b[0].get("response", {})
+        h = q["headers"]
+        c.check("basic: request line", (q["method"], q["path"], q["version"]) == ("GET", "/v1/messages?x=1", "HTTP/1.1"), str(q))
+        c.check("basic: status 200", r.get("status") == 200, str(r))
+        c.check("basic: peer/local port", q["peer"] == "127.0.0.1" and q["local_port"] == a.port and q["peer_port"] > 0, str(q))
+        c.check(
+            "basic: headers",
+            h.get("host") == "gw.local"
+            and h.get("user-agent") == "e2e/1.0"
+            and h.get("anthropic-version") == "2023-06-01"
+            and h.get("mcp-session-id") == "sess-9"
+            and h.get("mcp-method") == "tools/call"
+            and h.get("mcp-name") == "search"
+            and h.get("traceparent", "").startswith("00-0af7")
+            and h.get("extra0") == "acme",
+            str(h),
+        )
+        cr = q["credentials"]
+        c.check("basic: authorization fingerprint = shared test vector", cr.get("authorization", {}).get("fp") == TEST_FP, str(cr))
+        c.check("basic: key id resolved", cr.get("authorization", {}).get("key_id") == "gw-key-1")
+        c.check("basic: scheme bearer", cr.get("authorization", {}).get("scheme") == "bearer")
+        c.check("basic: x-api-key + cookie present", cr.get("x-api-key", {}).get("present") and cr.get("cookie", {}).get("present"), str(cr))
+        ts = (q["ts_first_ns"], r.get("ts_first_ns", 0), r.get("ts_end_ns", 0))
+        c.check("basic: timestamps ordered", 0 < ts[0] <= ts[1] <= ts[2], str(ts))
+
+    sp = by_rid(lines, "req-split")
+    c.check("split: one record", len(sp) == 1, str(len(sp)))
+    if sp:
+        q = sp[0]["request"]
+        c.check("split: fingerprint across 3 writes", q["credentials"].get("authorization", {}).get("fp") == TEST_FP, str(q["credentials"]))
+        c.check("split: complete, 200", "partial" not in q["flags"] and sp[0].get("response", {}).get("status") == 200)
+        c.check("split: first byte before headers end (>=250ms)", q["ts_headers_ns"] - q["ts_first_ns"] >= 250_000_000, str(q["ts_headers_ns"] - q["ts_first_ns"]))
+
+    p = [by_rid(lines, f"p{i}") for i in (1, 2, 3)]
+    c.check("pipelined: 3 records", all(len(x) == 1 for x in p), str([len(x) for x in p]))
+    if all(len(x) == 1 for x in p):
+        c.check("pipelined: same connection, seq 0,1,2", len({x[0]["conn_id"] for x in p}) == 1 and [x[0]["seq"] for x in p] == [0, 1, 2])
+        c.check("pipelined: methods", [x[0]["request"]["method"] for x in p] == ["GET", "HEAD", "POST"])
+        c.check("pipelined: all answered 200", [x[0].get("response", {}).get("status") for x in p] == [200, 200, 200])
+        c.check("pipelined: POST body counted", p[2][0]["request"]["bytes"] - p[2][0]["request"]["header_bytes"] == 50)
+        c.check("pipelined: HEAD flagged", "head" in p[1][0]["request"]["flags"])
+
+    ch1, ch2 = by_rid(lines, "ch1"), by_rid(lines, "ch2")
+    c.check("chunked request: record + the next request on the same conn", len(ch1) == 1 and len(ch2) == 1)
+    if ch1 and ch2:
+        c.check("chunked request: flags + body bytes", "chunked" in ch1[0]["request"]["flags"] and ch1[0]["request"]["bytes"] > ch1[0]["request"]["header_bytes"])
+        c.check("chunked request: next parsed after terminator", ch2[0]["request"]["path"] == "/after-chunk" and ch2[0]["seq"] == 1)
+
+    def flagged(flag, pred=lambda l: True):
+        return [l for l in lines if flag in l.get("request", {}).get("flags", []) and pred(l)]
+
+    c.check("garbage: not_http record", any(l["request"]["method"] == "" for l in flagged("not_http")), str(flagged("not_http")))
+    c.check("not-an-http-line: not_http record", any(l["request"]["method"] == "" and l["request"]["bytes"] >= 1 for l in flagged("not_http")))
+    c.check("h2 preface: flagged h2", len(flagged("h2")) == 1, str(flagged("h2")))
+    v = by_rid(lines, "gone")
+    c.check("vanish: partial record", len(v) == 1 and "partial" in v[0]["request"]["flags"], str(v))
+    if v:
+        f = v[0]["request"]["flags"]
+        c.check("vanish: peer_eof or read_error + closed", ("peer_eof" in f or "read_error" in f) and "closed" in f, str(f))
+        c.check("vanish: partial credential still only a fingerprint", "half-a-tok" not in raw and v[0]["request"]["credentials"].get("authorization", {}).get("present"))
+    bg = by_rid(lines, "big1")
+    c.check("big header: parsed", len(bg) == 1, str(len(bg)))
+    if bg:
+        q = bg[0]["request"]
+        c.check("big header: path truncated, real length kept", "path_truncated" in q["flags"] and q["path_len"] == 405 and len(q["path"]) == 256)
+        c.check("big header: value truncated, status seen", "value_truncated" in q["flags"] and len(q["headers"]["user-agent"]) == 124 and bg[0].get("response", {}).get("status") in (200, 431, 400))
+
+    if a.hyper:
+        hc, hs = by_rid(lines, "hc"), by_rid(lines, "hs")
+        c.check("hyper chunked response: ended by terminator", len(hc) == 1 and "chunked" in hc[0].get("response", {}).get("flags", []) and hc[0]["response"]["status"] == 200)
+        if hs:
+            r = hs[0].get("response", {})
+            c.check("hyper slow response: end - first >= 140ms", r.get("ts_end_ns", 0) - r.get("ts_first_ns", 0) >= 140_000_000, str(r))
+        else:
+            c.check("hyper slow response: present", False)
+
+    print(f"{c.ok} passed, {c.bad} failed")
+    sys.exit(1 if c.bad else 0)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--serve":
+        serve(int(sys.argv[2]))
+    else:
+        main()
