@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import anthropic
+import httpx
 
 from apx_harness import assert_upstream_credentials, mock_reply, words
 
@@ -199,3 +200,37 @@ def test_async_client_stream(gateway, client_key, mock):
     text, final_text = asyncio.run(run())
     assert text == mock_reply("claude-test", "async hello")
     assert final_text == text
+
+
+def test_raw_body_and_repeated_beta_headers_forwarded(gateway, client_key, mock):
+    body = (
+        b'{"max_tokens":16,  "model" : "claude-renamed","messages":[{"role":"user",'
+        b'"content":"caf\\u00e9"}], "x_vendor":{"model":"claude-renamed","n":1.50}}'
+    )
+    with httpx.Client(base_url=gateway.url, timeout=10.0, trust_env=False) as client:
+        response = client.post(
+            "/v1/messages",
+            content=body,
+            headers=[
+                ("x-api-key", client_key),
+                ("anthropic-version", "2023-06-01"),
+                ("anthropic-beta", "first-2025-01-01"),
+                ("anthropic-beta", "second-2025-01-01"),
+                ("content-type", "application/json"),
+            ],
+        )
+    assert response.status_code == 200, response.text
+    assert response.json()["content"][0]["text"] == mock_reply("claude-upstream-name", "café")
+    [rec] = mock.requests()
+    assert rec.body.encode() == body.replace(
+        b'"model" : "claude-renamed"', b'"model" : "claude-upstream-name"', 1
+    )
+    assert rec.header_values("anthropic-beta") == ["first-2025-01-01", "second-2025-01-01"]
+    assert rec.header_values("anthropic-version") == ["2023-06-01"]
+
+
+def test_models_list_with_auth_token(make_anthropic, client_key, mock):
+    client = make_anthropic(auth_token=client_key)
+    page = client.models.list()
+    assert [m.id for m in page.data] == ["gpt-test", "gpt-renamed", "claude-test", "claude-renamed"]
+    assert page.last_id == "claude-renamed"

@@ -286,6 +286,17 @@ def test_upstream_400_passes_through(oai, mock):
     assert error["message"] == "Missing required parameter: 'input'."
 
 
+def test_upstream_400_passes_through_anthropic(claude, mock):
+    # The mock refuses an unknown scenario with an invalid_request_error.
+    with pytest.raises(anthropic.BadRequestError) as info:
+        claude.messages.create(
+            model="claude-test", max_tokens=8, messages=USER, extra_headers=scenario("bogus")
+        )
+    error = anthropic_error(info.value)
+    assert error["type"] == "invalid_request_error"
+    assert error["message"].startswith("unknown x-mock-scenario entry 'bogus'")
+
+
 # --- the gateway's own upstream credential is wrong --------------------------
 
 
