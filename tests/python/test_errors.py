@@ -123,6 +123,19 @@ def test_malformed_json_through_the_sdk_http_client(oai, client_key, mock):
     assert mock.requests() == []
 
 
+def test_malformed_json_raises_bad_request_in_both_sdks(oai, claude, mock):
+    json_header = {"headers": {"Content-Type": "application/json"}}
+    with pytest.raises(openai.BadRequestError) as info:
+        oai.post("/chat/completions", content=b'{"model": "gpt-test",', cast_to=object, options=json_header)
+    assert info.value.status_code == 400
+    assert openai_error(info.value)["code"] == "invalid_json"
+    with pytest.raises(anthropic.BadRequestError) as info:
+        claude.post("/v1/messages", content=b"[1, 2", cast_to=object, options=json_header)
+    assert info.value.status_code == 400
+    assert anthropic_error(info.value)["type"] == "invalid_request_error"
+    assert mock.requests() == []
+
+
 def test_missing_model_openai(oai, mock):
     with pytest.raises(openai.BadRequestError) as info:
         oai.post("/chat/completions", body={"messages": USER}, cast_to=object)
