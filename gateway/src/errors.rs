@@ -82,6 +82,12 @@ impl GatewayError {
         }
     }
 
+    /// A short stable name for logs (`model_not_found`, `upstream_timeout`, …).
+    pub fn code(&self) -> &'static str {
+        let (kind, code) = self.openai_type_and_code();
+        code.unwrap_or(kind)
+    }
+
     /// OpenAI's `error.type` and `error.code`.
     fn openai_type_and_code(&self) -> (&'static str, Option<&'static str>) {
         use GatewayError::*;

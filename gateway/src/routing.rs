@@ -11,6 +11,8 @@ pub struct ModelRoute {
     /// The name clients send.
     pub name: Arc<str>,
     pub provider: Arc<dyn Provider>,
+    /// The provider's configured name, shared for cheap logging.
+    pub provider_name: Arc<str>,
     /// The name sent upstream instead, when configured.
     pub upstream_model: Option<Arc<str>>,
 }
@@ -37,6 +39,7 @@ impl RouteTable {
                 Arc::new(ModelRoute {
                     name: model.name.as_str().into(),
                     provider: providers[model.provider].clone(),
+                    provider_name: providers[model.provider].name().into(),
                     upstream_model: model.upstream_model.as_deref().map(Arc::from),
                 })
             })

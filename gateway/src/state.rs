@@ -8,6 +8,7 @@ use tokio::sync::Semaphore;
 
 use crate::auth::{GatewayKey, KeyRing};
 use crate::config::{Config, Limits};
+use crate::logging::Logging;
 use crate::proxy::upstream::UpstreamClient;
 use crate::routing::RouteTable;
 use crate::server::ServeError;
@@ -24,6 +25,7 @@ pub struct Gateway {
     pub started: SystemTime,
     pub listen: std::net::SocketAddr,
     pub stats: Stats,
+    pub logging: Logging,
 }
 
 /// Request counters for `apx status`.
@@ -65,6 +67,7 @@ impl Gateway {
             started,
             listen: config.listen,
             stats: Stats::default(),
+            logging: Logging::start(config)?,
         })
     }
 }

@@ -19,6 +19,21 @@ pub fn rfc3339(time: SystemTime) -> String {
     )
 }
 
+/// RFC 3339 in UTC with microseconds, from ns since the Unix epoch.
+pub fn rfc3339_nanos(unix_ns: i64) -> String {
+    let secs = unix_ns.div_euclid(1_000_000_000);
+    let micros = unix_ns.rem_euclid(1_000_000_000) / 1000;
+    let time = UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(secs).unwrap_or(0));
+    let base = rfc3339(time);
+    format!("{}.{micros:06}Z", base.trim_end_matches('Z'))
+}
+
+/// Nanoseconds since the Unix epoch.
+pub fn unix_nanos(time: SystemTime) -> i64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
 /// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
 fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
@@ -45,5 +60,6 @@ mod tests {
         assert_eq!(rfc3339(t), "2026-11-25T07:39:08Z");
         let leap = UNIX_EPOCH + Duration::from_secs(951_782_400);
         assert_eq!(rfc3339(leap), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339_nanos(1_500_000_000), "1970-01-01T00:00:01.500000Z");
     }
 }

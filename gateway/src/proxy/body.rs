@@ -13,6 +13,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::api::ApiFlavor;
 use crate::errors::error_body;
+use crate::logging::LogTicket;
 
 /// A relayed body failed and could not be ended cleanly; the connection to
 /// the client is aborted so it sees an incomplete response, not a short one.
@@ -20,8 +21,14 @@ use crate::errors::error_body;
 #[error("{0}")]
 pub struct RelayError(pub String);
 
-/// Every response body the gateway produces.
-pub enum ResponseBody {
+/// Every response body the gateway produces, with the log ticket that is
+/// completed when the body is done.
+pub struct ResponseBody {
+    kind: BodyKind,
+    log: Option<Box<LogTicket>>,
+}
+
+enum BodyKind {
     Full(Option<Bytes>),
     Relay(Box<RelayBody>),
 }
@@ -29,11 +36,29 @@ pub enum ResponseBody {
 impl ResponseBody {
     pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
         let bytes = bytes.into();
-        ResponseBody::Full((!bytes.is_empty()).then_some(bytes))
+        ResponseBody {
+            kind: BodyKind::Full((!bytes.is_empty()).then_some(bytes)),
+            log: None,
+        }
     }
 
     pub fn empty() -> ResponseBody {
-        ResponseBody::Full(None)
+        ResponseBody {
+            kind: BodyKind::Full(None),
+            log: None,
+        }
+    }
+
+    pub fn relay(relay: RelayBody) -> ResponseBody {
+        ResponseBody {
+            kind: BodyKind::Relay(Box::new(relay)),
+            log: None,
+        }
+    }
+
+    /// Attaches the request's log ticket; it is sent when the body is dropped.
+    pub fn attach_log(&mut self, ticket: Box<LogTicket>) {
+        self.log = Some(ticket);
     }
 }
 
@@ -45,24 +70,59 @@ impl Body for ResponseBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, RelayError>>> {
-        match self.get_mut() {
-            ResponseBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            ResponseBody::Relay(relay) => Pin::new(relay.as_mut()).poll_frame(cx),
+        let this = self.get_mut();
+        let polled = match &mut this.kind {
+            BodyKind::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            BodyKind::Relay(relay) => Pin::new(relay.as_mut()).poll_frame(cx),
+        };
+        if let Some(log) = this.log.as_mut() {
+            match &polled {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(data) = frame.data_ref() {
+                        log.on_data(data);
+                    }
+                }
+                Poll::Ready(None) => log.on_end(),
+                _ => {}
+            }
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        match self {
-            ResponseBody::Full(data) => data.is_none(),
-            ResponseBody::Relay(relay) => relay.is_end_stream(),
+        match &self.kind {
+            BodyKind::Full(data) => data.is_none(),
+            BodyKind::Relay(relay) => relay.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self {
-            ResponseBody::Full(Some(data)) => SizeHint::with_exact(data.len() as u64),
-            ResponseBody::Full(None) => SizeHint::with_exact(0),
-            ResponseBody::Relay(relay) => relay.size_hint(),
+        match &self.kind {
+            BodyKind::Full(Some(data)) => SizeHint::with_exact(data.len() as u64),
+            BodyKind::Full(None) => SizeHint::with_exact(0),
+            BodyKind::Relay(relay) => relay.size_hint(),
+        }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        // hyper may stop polling once is_end_stream() says so: a body that
+        // was fully sent counts as completed.
+        let done = self.kind_is_done();
+        if let Some(log) = self.log.as_mut() {
+            if done {
+                log.on_end();
+            }
+        }
+    }
+}
+
+impl ResponseBody {
+    fn kind_is_done(&self) -> bool {
+        match &self.kind {
+            BodyKind::Full(data) => data.is_none(),
+            BodyKind::Relay(relay) => relay.is_end_stream(),
         }
     }
 }

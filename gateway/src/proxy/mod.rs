@@ -20,6 +20,7 @@ pub use body::{FailureSignal, RelayBody, RelayError, ResponseBody};
 use crate::api::Endpoint;
 use crate::auth;
 use crate::errors::GatewayError;
+use crate::logging::GatewayFacts;
 use crate::providers::Provider;
 use crate::state::Gateway;
 
@@ -28,12 +29,15 @@ pub async fn forward(
     gateway: &Gateway,
     endpoint: Endpoint,
     request: Request<Incoming>,
+    facts: &mut GatewayFacts,
 ) -> Result<Response<ResponseBody>, GatewayError> {
     let limits = &gateway.limits;
     let (mut parts, body) = request.into_parts();
 
     // Authenticate before reading a byte of the body.
-    let _key = auth::authenticate(&gateway.keys, &parts.headers)?;
+    let key = auth::authenticate(&gateway.keys, &parts.headers)?;
+    facts.key_id = Some(key.id);
+    facts.key_name = Some(key.name);
 
     let body = request::read_body(
         body,
@@ -50,6 +54,16 @@ pub async fn forward(
         .get(&summary.model)
         .ok_or_else(|| GatewayError::ModelNotFound(summary.model.to_string()))?;
     let provider: &dyn Provider = route.provider.as_ref();
+    facts.model = Some(route.name.clone());
+    facts.upstream_model = Some(
+        route
+            .upstream_model
+            .clone()
+            .unwrap_or_else(|| route.name.clone()),
+    );
+    facts.provider = Some(route.provider_name.clone());
+    facts.provider_kind = Some(provider.kind().name());
+    facts.stream = summary.stream;
     let endpoint_uri = provider
         .endpoint_uri(endpoint)
         .ok_or_else(|| wrong_format(endpoint, &summary.model, provider))?;
@@ -90,6 +104,7 @@ pub async fn forward(
         .await?;
 
     // Stream back.
+    facts.upstream_status = Some(response.status().as_u16());
     let flavor = endpoint.flavor();
     if !response.status().is_success() {
         return upstream_error::relay_error(response, provider, flavor, limits.idle_timeout.0)
@@ -128,10 +143,7 @@ pub async fn forward(
         provider.name().to_string(),
         stream_permit,
     );
-    Ok(Response::from_parts(
-        head,
-        ResponseBody::Relay(Box::new(relay)),
-    ))
+    Ok(Response::from_parts(head, ResponseBody::relay(relay)))
 }
 
 /// Reads up to the first data frame of a successful upstream response.

@@ -11,11 +11,33 @@ use super::health;
 use crate::api::{ApiFlavor, Endpoint, NoEndpoint, flavor_of_unmatched};
 use crate::auth;
 use crate::errors::GatewayError;
+use crate::logging::{ConnContext, GatewayFacts};
 use crate::proxy::{self, ResponseBody};
 use crate::state::Gateway;
 
-pub async fn handle(gateway: Arc<Gateway>, request: Request<Incoming>) -> Response<ResponseBody> {
+pub async fn handle(
+    gateway: Arc<Gateway>,
+    request: Request<Incoming>,
+    conn: ConnContext,
+) -> Response<ResponseBody> {
     let _in_flight = gateway.stats.begin();
+    let ticket = gateway.logging.begin(&request, &conn);
+    let mut facts = GatewayFacts::default();
+    let mut response = respond(&gateway, request, &mut facts).await;
+    if let Some(mut ticket) = ticket {
+        ticket.absorb(facts);
+        ticket.on_response_head(response.status().as_u16(), response.headers());
+        response.body_mut().attach_log(ticket);
+    }
+    response
+}
+
+/// Recognise the endpoint, then answer locally or forward upstream.
+async fn respond(
+    gateway: &Gateway,
+    request: Request<Incoming>,
+    facts: &mut GatewayFacts,
+) -> Response<ResponseBody> {
     let endpoint = match Endpoint::recognize(request.method(), request.uri().path()) {
         Ok(endpoint) => endpoint,
         Err(reason) => {
@@ -40,13 +62,16 @@ pub async fn handle(gateway: Arc<Gateway>, request: Request<Incoming>) -> Respon
     };
     let result = match endpoint {
         Endpoint::Healthz => Ok(json_response(health::live())),
-        Endpoint::Readyz => Ok(json_response(health::ready(&gateway).await)),
-        Endpoint::Status => Ok(json_response(health::status(&gateway, "off"))),
-        Endpoint::ListModels => list_models(&gateway, &request, flavor),
-        Endpoint::GetModel => get_model(&gateway, &request, flavor),
-        _ => proxy::forward(&gateway, endpoint, request).await,
+        Endpoint::Readyz => Ok(json_response(health::ready(gateway).await)),
+        Endpoint::Status => Ok(json_response(health::status(gateway))),
+        Endpoint::ListModels => list_models(gateway, &request, flavor),
+        Endpoint::GetModel => get_model(gateway, &request, flavor),
+        _ => proxy::forward(gateway, endpoint, request, facts).await,
     };
-    result.unwrap_or_else(|err| error_response(&err, flavor))
+    result.unwrap_or_else(|err| {
+        facts.error = Some(err.code());
+        error_response(&err, flavor)
+    })
 }
 
 fn list_models(

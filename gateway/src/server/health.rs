@@ -16,7 +16,7 @@ pub fn live() -> (StatusCode, Bytes) {
 }
 
 /// Process status: what `apx status` shows.
-pub fn status(gateway: &Gateway, capture_mode: &str) -> (StatusCode, Bytes) {
+pub fn status(gateway: &Gateway) -> (StatusCode, Bytes) {
     use std::sync::atomic::Ordering;
     let uptime = gateway.started.elapsed().unwrap_or_default();
     let streams_active = gateway
@@ -28,7 +28,9 @@ pub fn status(gateway: &Gateway, capture_mode: &str) -> (StatusCode, Bytes) {
         "pid": std::process::id(),
         "uptime_secs": uptime.as_secs(),
         "listen": gateway.listen.to_string(),
-        "capture_mode": capture_mode,
+        "capture_mode": gateway.logging.active().name(),
+        "capture_reason": gateway.logging.active().reason,
+        "log_records_dropped": gateway.logging.drops(),
         "requests_total": gateway.stats.requests_total.load(Ordering::Relaxed),
         // This status request itself is not counted as in flight.
         "requests_in_flight": gateway.stats.requests_in_flight.load(Ordering::Relaxed).saturating_sub(1),
@@ -64,6 +66,8 @@ pub async fn ready(gateway: &Gateway) -> (StatusCode, Bytes) {
     let body = json!({
         "status": if all_ok { "ready" } else { "not_ready" },
         "config": "loaded",
+        "capture_mode": gateway.logging.active().name(),
+        "capture_reason": gateway.logging.active().reason,
         "models": gateway.routes.iter().count(),
         "keys": gateway.keys.len(),
         "upstreams": upstreams,

@@ -10,6 +10,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -20,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::config::Config;
+use crate::logging::ConnContext;
 use crate::state::Gateway;
 
 /// Why the gateway could not start or run.
@@ -36,6 +38,8 @@ pub enum ServeError {
     Signals(std::io::Error),
     #[error("cannot start the built-in echo provider")]
     LocalProvider(#[source] std::io::Error),
+    #[error("cannot start request logging")]
+    Logging(#[from] crate::logging::LoggingError),
     #[error("cannot use the key store")]
     KeyStore(#[from] crate::store::StoreError),
 }
@@ -87,6 +91,8 @@ pub async fn serve(
     let http = connection_builder(&config);
     let connections = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
+    let capture = gateway.logging.active();
+    tracing::info!(mode = capture.name(), reason = %capture.reason, "request capture");
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(
             %addr,
@@ -128,9 +134,18 @@ pub async fn serve(
             tracing::debug!(%peer, error = %err, "cannot set TCP_NODELAY");
         }
         let gateway = gateway.clone();
+        let local_port = stream.local_addr().map_or(0, |a| a.port());
+        // Requests are numbered per connection, as the kernel programs number
+        // them, so the two halves of a record can be joined.
+        let next_seq = Arc::new(AtomicU32::new(0));
         let service = service_fn(move |request| {
             let gateway = gateway.clone();
-            async move { Ok::<_, Infallible>(handler::handle(gateway, request).await) }
+            let conn = ConnContext {
+                peer,
+                local_port,
+                seq: next_seq.fetch_add(1, Ordering::Relaxed),
+            };
+            async move { Ok::<_, Infallible>(handler::handle(gateway, request, conn).await) }
         });
         let connection = http
             .serve_connection(TokioIo::new(stream), service)
@@ -154,6 +169,8 @@ pub async fn serve(
         () = graceful.shutdown() => tracing::info!("all connections closed"),
         () = tokio::time::sleep(grace) => tracing::warn!("shutdown grace period over; closing remaining connections"),
     }
+    // Everything acknowledged so far reaches the log store before exit.
+    gateway.logging.stop(Duration::from_secs(10));
     Ok(())
 }
 

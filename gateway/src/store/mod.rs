@@ -3,6 +3,7 @@
 //! traffic never contends with key lookups.
 
 pub mod keys;
+pub mod logs;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

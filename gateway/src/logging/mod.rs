@@ -1,0 +1,215 @@
+//! Request logging: the header elements of every call, captured in the
+//! kernel by eBPF or, where that is unavailable, in user space; joined with
+//! what the gateway knows (key, model, tokens) and stored by a collector
+//! thread in the embedded log store.
+
+pub mod capture;
+pub mod collector;
+pub mod fingerprint;
+pub mod record;
+pub mod ticket;
+pub mod usage;
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use http::Request;
+
+use crate::config::{CaptureMode, Config};
+use crate::store::logs::LogStore;
+use capture::CaptureList;
+use collector::{CollectorConfig, Event, LogSink};
+use fingerprint::FingerprintKey;
+use record::{CallRecord, Capture};
+pub use ticket::{ConnContext, GatewayFacts, LogTicket};
+
+/// The capture mode in effect, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ActiveCapture {
+    pub capture: Option<Capture>,
+    pub reason: String,
+}
+
+impl ActiveCapture {
+    pub fn name(&self) -> &'static str {
+        self.capture.map_or("off", Capture::name)
+    }
+}
+
+/// Why logging could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LoggingError {
+    #[error("cannot open the log store")]
+    Store(#[from] crate::store::StoreError),
+    #[error("cannot read or create the fingerprint key {path}")]
+    FingerprintKey {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot start the log collector thread")]
+    Thread(#[source] std::io::Error),
+    #[error("logging.capture = \"ebpf\" but eBPF capture cannot be used: {0}")]
+    EbpfUnavailable(String),
+}
+
+pub struct Logging {
+    active: ActiveCapture,
+    sink: Option<LogSink>,
+    capture_list: CaptureList,
+    fingerprints: Option<FingerprintKey>,
+    collector: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Logging {
+    /// Logging switched off.
+    pub fn off(reason: &str) -> Logging {
+        Logging {
+            active: ActiveCapture {
+                capture: None,
+                reason: reason.to_string(),
+            },
+            sink: None,
+            capture_list: CaptureList::new(&[]),
+            fingerprints: None,
+            collector: Mutex::new(None),
+        }
+    }
+
+    /// Opens the store, starts the collector and picks the capture mode.
+    pub fn start(config: &Config) -> Result<Logging, LoggingError> {
+        let settings = &config.logging;
+        let capture = match settings.capture {
+            CaptureMode::Off => return Ok(Logging::off("logging.capture = \"off\"")),
+            CaptureMode::Userspace => ActiveCapture {
+                capture: Some(Capture::Userspace),
+                reason: "logging.capture = \"userspace\"".into(),
+            },
+            CaptureMode::Auto => ActiveCapture {
+                capture: Some(Capture::Userspace),
+                reason:
+                    "eBPF capture is not built into this gateway yet; records come from user space"
+                        .into(),
+            },
+            CaptureMode::Ebpf => {
+                return Err(LoggingError::EbpfUnavailable(
+                    "eBPF capture is not built into this gateway yet".into(),
+                ));
+            }
+        };
+        let key_path = config.state_dir.join("fingerprint.key");
+        let fingerprints = FingerprintKey::load_or_create(&key_path).map_err(|source| {
+            LoggingError::FingerprintKey {
+                path: key_path.display().to_string(),
+                source,
+            }
+        })?;
+        let store = LogStore::open(&config.log_store_path())?;
+        let (sink, handle) = collector::start(
+            store,
+            CollectorConfig {
+                retention: settings.retention.0,
+                max_bytes: settings.max_size.0,
+            },
+        )
+        .map_err(LoggingError::Thread)?;
+        Ok(Logging {
+            active: capture,
+            sink: Some(sink),
+            capture_list: CaptureList::new(&settings.headers),
+            fingerprints: Some(fingerprints),
+            collector: Mutex::new(Some(handle)),
+        })
+    }
+
+    pub fn active(&self) -> &ActiveCapture {
+        &self.active
+    }
+
+    /// Opens the ticket for a request (`None` when logging is off).
+    pub fn begin<B>(&self, request: &Request<B>, conn: &ConnContext) -> Option<Box<LogTicket>> {
+        let sink = self.sink.as_ref()?;
+        let started = Instant::now();
+        let capture = self.active.capture?;
+        let mut record = CallRecord {
+            time_unix_ns: ticket::now_unix_ns(),
+            ..CallRecord::default()
+        };
+        match capture {
+            Capture::Userspace => {
+                record.client_address = Some(conn.peer.ip().to_canonical().to_string());
+                record.client_port = Some(conn.peer.port());
+                record.server_port = Some(conn.local_port);
+                record.method = request.method().as_str().to_string();
+                let target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
+                let cap = apx_capture_common::PATH_CAP;
+                if target.len() > cap {
+                    record.notes.push("path truncated".into());
+                }
+                record.path = truncate_utf8(target, cap).to_string();
+                record.http_version = format!("{:?}", request.version());
+                let (headers, truncated) = self.capture_list.headers(request.headers());
+                record.headers = headers;
+                if truncated {
+                    record.notes.push("a header value was truncated".into());
+                }
+                if let Some(key) = &self.fingerprints {
+                    record.credentials = capture::credentials(request.headers(), key);
+                }
+                record.request_bytes = request
+                    .headers()
+                    .get(http::header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok());
+            }
+            Capture::Ebpf => {}
+        }
+        let join = (capture == Capture::Ebpf).then(|| collector::JoinKey {
+            peer_ip: conn.peer.ip().to_canonical(),
+            peer_port: conn.peer.port(),
+            seq: conn.seq,
+        });
+        Some(Box::new(LogTicket::new(
+            sink.clone(),
+            capture,
+            record,
+            join,
+            started,
+        )))
+    }
+
+    /// Waits until every record sent so far is in the store.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        self.sink.as_ref().is_none_or(|sink| sink.flush(timeout))
+    }
+
+    /// Writes what is pending and stops the collector.
+    pub fn stop(&self, timeout: Duration) {
+        let Some(sink) = &self.sink else { return };
+        sink.flush(timeout);
+        sink.send(Event::Stop);
+        let handle = self.collector.lock().ok().and_then(|mut h| h.take());
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
+    }
+
+    /// Records lost before reaching the store, by cause.
+    pub fn drops(&self) -> u64 {
+        self.sink.as_ref().map_or(0, |s| {
+            s.counters()
+                .channel_drops
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+    }
+}
+
+fn truncate_utf8(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}

@@ -1,0 +1,160 @@
+//! The record of one API call: the header elements (captured in the kernel
+//! or in user space) joined with what only the gateway knows.
+
+use serde_json::{Map, Value, json};
+
+/// Where a record's header elements came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Capture {
+    Ebpf,
+    Userspace,
+}
+
+impl Capture {
+    pub fn name(self) -> &'static str {
+        match self {
+            Capture::Ebpf => "ebpf",
+            Capture::Userspace => "userspace",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Capture> {
+        match name {
+            "ebpf" => Some(Capture::Ebpf),
+            "userspace" => Some(Capture::Userspace),
+            _ => None,
+        }
+    }
+}
+
+/// A credential header as logged: never its value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CredentialSeen {
+    /// Lower-case header name.
+    pub header: String,
+    /// `bearer`, `basic`, `other` or `none`.
+    pub scheme: String,
+    /// Keyed SipHash-2-4 of the token, 16 hex digits.
+    pub fingerprint: String,
+}
+
+/// One call, as stored and shown by `apx logs`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CallRecord {
+    /// Row id in the store (0 before it is stored).
+    pub id: i64,
+    pub capture: Option<Capture>,
+    /// The record misses parts (client vanished, kernel record lost, …);
+    /// `notes` says which.
+    pub partial: bool,
+    pub notes: Vec<String>,
+    /// Wall clock of the request's first byte, ns since the Unix epoch.
+    pub time_unix_ns: i64,
+    pub client_address: Option<String>,
+    pub client_port: Option<u16>,
+    pub server_port: Option<u16>,
+    pub method: String,
+    pub path: String,
+    pub http_version: String,
+    pub status: Option<u16>,
+    /// Request first byte → response last byte.
+    pub duration_ms: Option<f64>,
+    /// Request first byte → response first byte.
+    pub response_start_ms: Option<f64>,
+    pub request_bytes: Option<u64>,
+    pub response_bytes: Option<u64>,
+    /// Selected request headers, lower-case names.
+    pub headers: Vec<(String, String)>,
+    pub credentials: Vec<CredentialSeen>,
+
+    // What only the gateway knows.
+    pub key_id: Option<String>,
+    pub key_name: Option<String>,
+    pub model: Option<String>,
+    pub upstream_model: Option<String>,
+    /// Configured provider name.
+    pub provider: Option<String>,
+    /// Wire format / vendor: `openai`, `anthropic`, `echo`.
+    pub provider_kind: Option<String>,
+    pub upstream_status: Option<u16>,
+    pub stream: bool,
+    pub input_tokens: Option<u64>,
+    pub output_tokens: Option<u64>,
+    /// Request first byte → first body chunk from the upstream.
+    pub first_chunk_ms: Option<f64>,
+    /// The gateway's error code when it answered with an error itself.
+    pub error: Option<String>,
+}
+
+impl CallRecord {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The record with OpenTelemetry HTTP and GenAI semantic-convention names
+    /// where one exists, `apx.*` otherwise.
+    pub fn to_json(&self) -> Value {
+        let mut out = Map::new();
+        let mut put = |key: &str, value: Value| {
+            if !value.is_null() {
+                out.insert(key.to_string(), value);
+            }
+        };
+        put("id", json!(self.id));
+        put("time", json!(crate::time::rfc3339_nanos(self.time_unix_ns)));
+        put("apx.capture", json!(self.capture.map(Capture::name)));
+        put("apx.partial", json!(self.partial));
+        if !self.notes.is_empty() {
+            put("apx.notes", json!(self.notes));
+        }
+        put("client.address", json!(self.client_address));
+        put("client.port", json!(self.client_port));
+        put("server.port", json!(self.server_port));
+        put("http.request.method", json!(nonempty(&self.method)));
+        put("url.path", json!(nonempty(&self.path)));
+        put(
+            "network.protocol.version",
+            json!(nonempty(self.http_version.trim_start_matches("HTTP/"))),
+        );
+        put("http.response.status_code", json!(self.status));
+        put("http.server.request.duration_ms", json!(self.duration_ms));
+        put("apx.response_start_ms", json!(self.response_start_ms));
+        put("http.request.body.size", json!(self.request_bytes));
+        put("http.response.body.size", json!(self.response_bytes));
+        for (name, value) in &self.headers {
+            put(&format!("http.request.header.{name}"), json!(value));
+        }
+        for credential in &self.credentials {
+            put(
+                &format!("apx.credential.{}", credential.header),
+                json!({"present": true, "scheme": credential.scheme, "fingerprint": credential.fingerprint}),
+            );
+        }
+        put("apx.key.id", json!(self.key_id));
+        put("apx.key.name", json!(self.key_name));
+        put("gen_ai.request.model", json!(self.model));
+        put("apx.upstream.model", json!(self.upstream_model));
+        put("gen_ai.provider.name", json!(self.provider_kind));
+        put("apx.provider", json!(self.provider));
+        put("apx.upstream.status_code", json!(self.upstream_status));
+        put("apx.stream", json!(self.stream));
+        put("gen_ai.usage.input_tokens", json!(self.input_tokens));
+        put("gen_ai.usage.output_tokens", json!(self.output_tokens));
+        put("apx.first_chunk_ms", json!(self.first_chunk_ms));
+        put("error.type", json!(self.error));
+        if let Some(method) = self.header("mcp-method") {
+            put("mcp.method.name", json!(method));
+        }
+        if let Some(session) = self.header("mcp-session-id") {
+            put("mcp.session.id", json!(session));
+        }
+        Value::Object(out)
+    }
+}
+
+fn nonempty(text: &str) -> Option<&str> {
+    (!text.is_empty()).then_some(text)
+}

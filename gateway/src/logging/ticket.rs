@@ -1,0 +1,156 @@
+//! The per-request half of logging: a ticket opened when a request arrives,
+//! filled as the gateway learns things, and sent to the collector when the
+//! response body is done (or dropped because the client left).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use http::{HeaderMap, header};
+
+use super::collector::{Event, JoinKey, LogSink};
+use super::record::{CallRecord, Capture};
+use super::usage::{TapMode, UsageTap};
+
+/// Where a request came from, for joining with kernel records.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnContext {
+    pub peer: SocketAddr,
+    pub local_port: u16,
+    /// Number of this request on its connection, from 0.
+    pub seq: u32,
+}
+
+/// What only the gateway knows about a call. Filled by the proxy whether or
+/// not logging is on (it is a handful of pointer copies).
+#[derive(Clone, Debug, Default)]
+pub struct GatewayFacts {
+    pub key_id: Option<Arc<str>>,
+    pub key_name: Option<Arc<str>>,
+    pub model: Option<Arc<str>>,
+    pub upstream_model: Option<Arc<str>>,
+    pub provider: Option<Arc<str>>,
+    pub provider_kind: Option<&'static str>,
+    pub stream: bool,
+    pub upstream_status: Option<u16>,
+    pub error: Option<&'static str>,
+}
+
+pub struct LogTicket {
+    sink: LogSink,
+    started: Instant,
+    record: CallRecord,
+    join: Option<JoinKey>,
+    tap: UsageTap,
+    first_chunk: Option<Duration>,
+    response_start: Option<Duration>,
+    response_bytes: u64,
+    completed: bool,
+}
+
+impl LogTicket {
+    pub(super) fn new(
+        sink: LogSink,
+        capture: Capture,
+        record: CallRecord,
+        join: Option<JoinKey>,
+        started: Instant,
+    ) -> LogTicket {
+        let mut record = record;
+        record.capture = Some(capture);
+        LogTicket {
+            sink,
+            started,
+            record,
+            join,
+            tap: UsageTap::new(TapMode::Off),
+            first_chunk: None,
+            response_start: None,
+            response_bytes: 0,
+            completed: false,
+        }
+    }
+
+    /// Takes in what the proxy learned.
+    pub fn absorb(&mut self, facts: GatewayFacts) {
+        let to_string = |v: Option<Arc<str>>| v.map(|s| s.to_string());
+        self.record.key_id = to_string(facts.key_id);
+        self.record.key_name = to_string(facts.key_name);
+        self.record.model = to_string(facts.model);
+        self.record.upstream_model = to_string(facts.upstream_model);
+        self.record.provider = to_string(facts.provider);
+        self.record.provider_kind = facts.provider_kind.map(str::to_string);
+        self.record.stream = facts.stream;
+        self.record.upstream_status = facts.upstream_status;
+        self.record.error = facts.error.map(str::to_string);
+    }
+
+    /// The response head is ready to go: note the status and decide whether
+    /// the body can be read for token usage.
+    pub fn on_response_head(&mut self, status: u16, headers: &HeaderMap) {
+        self.record.status = Some(status);
+        self.response_start = Some(self.started.elapsed());
+        let plain = headers
+            .get(header::CONTENT_ENCODING)
+            .is_none_or(|v| v.as_bytes().eq_ignore_ascii_case(b"identity"));
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.as_bytes())
+            .unwrap_or_default();
+        let mode = if !plain || self.record.upstream_status.is_none() {
+            TapMode::Off
+        } else if content_type.starts_with(b"text/event-stream") {
+            TapMode::Sse
+        } else if content_type.starts_with(b"application/json") {
+            TapMode::Json
+        } else {
+            TapMode::Off
+        };
+        self.tap = UsageTap::new(mode);
+    }
+
+    pub fn on_data(&mut self, data: &[u8]) {
+        if self.first_chunk.is_none() {
+            self.first_chunk = Some(self.started.elapsed());
+        }
+        self.response_bytes += data.len() as u64;
+        self.tap.observe(data);
+    }
+
+    pub fn on_end(&mut self) {
+        self.completed = true;
+    }
+}
+
+fn millis(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
+
+impl Drop for LogTicket {
+    fn drop(&mut self) {
+        self.tap.finish();
+        let record = &mut self.record;
+        record.duration_ms = Some(millis(self.started.elapsed()));
+        record.response_start_ms = self.response_start.map(millis);
+        record.first_chunk_ms = self
+            .first_chunk
+            .filter(|_| record.upstream_status.is_some())
+            .map(millis);
+        record.response_bytes = Some(self.response_bytes);
+        record.input_tokens = self.tap.input_tokens;
+        record.output_tokens = self.tap.output_tokens;
+        if !self.completed {
+            record.partial = true;
+            record
+                .notes
+                .push("response not completed: the client went away or the upstream failed".into());
+        }
+        let record = std::mem::take(&mut self.record);
+        self.sink.send(Event::Call(Box::new(record), self.join));
+    }
+}
+
+/// Wall clock for the ticket's start, in ns since the Unix epoch.
+pub(super) fn now_unix_ns() -> i64 {
+    crate::time::unix_nanos(SystemTime::now())
+}

@@ -1,0 +1,180 @@
+//! Token usage, read from the response as it streams past: the `usage`
+//! objects of OpenAI chat/completions/embeddings/responses and Anthropic
+//! messages, in JSON bodies and in server-sent events.
+
+use serde_json::Value;
+
+/// Bodies larger than this are not kept for usage parsing.
+const MAX_JSON_BODY: usize = 4 << 20;
+/// SSE lines longer than this are skipped.
+const MAX_SSE_LINE: usize = 1 << 20;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TapMode {
+    /// A JSON body: parsed once complete.
+    Json,
+    /// Server-sent events: each `data:` line that mentions usage is parsed.
+    Sse,
+    /// Compressed or unknown bodies are not inspected.
+    Off,
+}
+
+#[derive(Debug)]
+pub struct UsageTap {
+    mode: TapMode,
+    buffer: Vec<u8>,
+    overflow: bool,
+    pub input_tokens: Option<u64>,
+    pub output_tokens: Option<u64>,
+}
+
+impl UsageTap {
+    pub fn new(mode: TapMode) -> UsageTap {
+        UsageTap {
+            mode,
+            buffer: Vec::new(),
+            overflow: false,
+            input_tokens: None,
+            output_tokens: None,
+        }
+    }
+
+    pub fn observe(&mut self, data: &[u8]) {
+        match self.mode {
+            TapMode::Off => {}
+            TapMode::Json => {
+                if self.buffer.len() + data.len() > MAX_JSON_BODY {
+                    self.buffer = Vec::new();
+                    self.mode = TapMode::Off;
+                } else {
+                    self.buffer.extend_from_slice(data);
+                }
+            }
+            TapMode::Sse => self.observe_sse(data),
+        }
+    }
+
+    /// Splits the stream into lines; a line cut across frames is kept in
+    /// `buffer` until its end arrives (`overflow`: it grew too long, skip it).
+    fn observe_sse(&mut self, mut data: &[u8]) {
+        while let Some(newline) = data.iter().position(|b| *b == b'\n') {
+            let (line, rest) = data.split_at(newline);
+            if self.overflow {
+                self.overflow = false;
+            } else if self.buffer.is_empty() {
+                self.sse_line(line);
+            } else {
+                let mut whole = std::mem::take(&mut self.buffer);
+                whole.extend_from_slice(line);
+                self.sse_line(&whole);
+                whole.clear();
+                self.buffer = whole;
+            }
+            data = &rest[1..];
+        }
+        if self.overflow {
+            return;
+        }
+        if self.buffer.len() + data.len() > MAX_SSE_LINE {
+            self.overflow = true;
+            self.buffer.clear();
+        } else {
+            self.buffer.extend_from_slice(data);
+        }
+    }
+
+    fn sse_line(&mut self, line: &[u8]) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(payload) = line.strip_prefix(b"data:") else {
+            return;
+        };
+        if !contains(payload, b"\"usage\"") {
+            return;
+        }
+        if let Ok(value) = serde_json::from_slice::<Value>(payload) {
+            self.absorb(&value);
+        }
+    }
+
+    /// Call once the body ended.
+    pub fn finish(&mut self) {
+        if self.mode == TapMode::Json && !self.buffer.is_empty() {
+            if let Ok(value) = serde_json::from_slice::<Value>(&self.buffer) {
+                self.absorb(&value);
+            }
+            self.buffer = Vec::new();
+        }
+    }
+
+    fn absorb(&mut self, value: &Value) {
+        for usage in [
+            value.get("usage"),
+            value.pointer("/message/usage"),
+            value.pointer("/response/usage"),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let number = |names: &[&str]| {
+                names
+                    .iter()
+                    .find_map(|n| usage.get(*n).and_then(Value::as_u64))
+            };
+            if let Some(input) = number(&["input_tokens", "prompt_tokens"]) {
+                self.input_tokens = Some(input);
+            }
+            if let Some(output) = number(&["output_tokens", "completion_tokens"]) {
+                self.output_tokens = Some(output);
+            }
+        }
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_openai_json_usage() {
+        let mut tap = UsageTap::new(TapMode::Json);
+        tap.observe(br#"{"id":"x","usage":{"prompt_tokens":12,"#);
+        tap.observe(br#""completion_tokens":5,"total_tokens":17}}"#);
+        tap.finish();
+        assert_eq!((tap.input_tokens, tap.output_tokens), (Some(12), Some(5)));
+    }
+
+    #[test]
+    fn reads_anthropic_stream_usage_split_across_frames() {
+        let mut tap = UsageTap::new(TapMode::Sse);
+        tap.observe(b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":9,\"output_tokens\":1}}}\n\n");
+        tap.observe(b"event: content_block_delta\ndata: {\"delta\":{\"text\":\"hi\"}}\n\n");
+        tap.observe(b"event: message_delta\ndata: {\"type\":\"message_delta\",\"usa");
+        tap.observe(b"ge\":{\"output_tokens\":42}}\n\n");
+        tap.finish();
+        assert_eq!((tap.input_tokens, tap.output_tokens), (Some(9), Some(42)));
+    }
+
+    #[test]
+    fn reads_openai_stream_and_responses_usage() {
+        let mut tap = UsageTap::new(TapMode::Sse);
+        tap.observe(b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}\n\ndata: [DONE]\n\n");
+        assert_eq!((tap.input_tokens, tap.output_tokens), (Some(3), Some(4)));
+        let mut tap = UsageTap::new(TapMode::Sse);
+        tap.observe(b"event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"usage\":{\"input_tokens\":7,\"output_tokens\":8}}}\n\n");
+        assert_eq!((tap.input_tokens, tap.output_tokens), (Some(7), Some(8)));
+    }
+
+    #[test]
+    fn no_usage_means_none() {
+        let mut tap = UsageTap::new(TapMode::Sse);
+        tap.observe(b"data: {\"choices\":[{\"delta\":{}}]}\n\n");
+        tap.finish();
+        assert_eq!(tap.input_tokens, None);
+    }
+}
