@@ -101,6 +101,9 @@ enum Command {
 fn main() -> ExitCode {
     ui::init_colours();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        restore_sigpipe();
+    }
     let config_path = paths::config_path(cli.config.as_deref());
     let result = match cli.command {
         Command::Doctor(args) => commands::doctor::run(&config_path, args),
@@ -121,6 +124,16 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => report(&err),
     }
+}
+
+/// Rust ignores SIGPIPE, so printing into a closed pipe (`apx keys list |
+/// head`) would panic; a command-line tool should just end, as `cat` does.
+/// Not for `apx serve`, whose sockets must not kill it.
+fn restore_sigpipe() {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    // SAFETY: SIG_DFL is not a Rust handler, and this runs at start, before
+    // any thread exists.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
 }
 
 /// Prints an error as one line (plus a hint line) and picks the exit code.

@@ -2,8 +2,9 @@
 //! key store. Only hashes are stored; the running gateway re-reads the
 //! store within about a second, so a revocation needs no restart.
 
+use std::net::SocketAddr;
 use std::path::Path;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use apx_gateway::config::units::parse_duration;
 use apx_gateway::store::StoreError;
@@ -11,6 +12,7 @@ use apx_gateway::store::keys::{KeyStore, StoredKey};
 use apx_gateway::time::rfc3339;
 use serde_json::{Value, json};
 
+use crate::client::Client;
 use crate::exit::{self, Failure, fail};
 use crate::local::Local;
 use crate::ui;
@@ -78,14 +80,43 @@ pub fn run(config_path: &Path, command: Command) -> anyhow::Result<()> {
         )
         .hint("run as the user that owns the state directory (root for /var/lib/apx)")
     })?;
+    let addr = crate::local::gateway_addr(config.listen)?;
     match command {
         Command::Create {
             name,
             expires,
             json,
-        } => create(&store, &name, expires.as_deref(), json),
+        } => create(&store, addr, &name, expires.as_deref(), json),
         Command::List { active, json } => list(&store, &config, active, json),
-        Command::Revoke { key } => revoke(&store, &key),
+        Command::Revoke { key } => revoke(&store, addr, &key),
+    }
+}
+
+/// Waits (up to 3 s) until a running gateway accepts (`accepted = true`) or
+/// refuses `key`, so that what `apx keys` says is already true when it
+/// returns. `None` when no gateway answers at `addr`.
+fn settle(addr: SocketAddr, key: &str, accepted: bool) -> Option<bool> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?;
+    let client = Client::new(addr, Some(key.to_string()));
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let answer = runtime.block_on(async {
+            tokio::time::timeout(Duration::from_secs(2), client.get_json("/v1/models")).await
+        });
+        let status = match answer {
+            Ok(Ok((status, _))) => status,
+            _ => return None,
+        };
+        if status.is_success() == accepted {
+            return Some(true);
+        }
+        if Instant::now() >= deadline {
+            return Some(false);
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -100,7 +131,13 @@ fn store_error(err: &StoreError) -> String {
     text
 }
 
-fn create(store: &KeyStore, name: &str, expires: Option<&str>, json: bool) -> anyhow::Result<()> {
+fn create(
+    store: &KeyStore,
+    addr: SocketAddr,
+    name: &str,
+    expires: Option<&str>,
+    json: bool,
+) -> anyhow::Result<()> {
     let name = name.trim();
     if name.is_empty() {
         return Err(fail(exit::USAGE, "the key name is empty"));
@@ -129,6 +166,9 @@ fn create(store: &KeyStore, name: &str, expires: Option<&str>, json: bool) -> an
         }
         Err(err) => return Err(fail(exit::FAILURE, store_error(&err))),
     };
+    // The gateway picks new keys up within a second; wait for it so the key
+    // works as soon as this command returns.
+    let live = settle(addr, &key, true);
     if json {
         let mut value = key_json(&stored, SystemTime::now());
         value["key"] = json!(key);
@@ -146,6 +186,12 @@ fn create(store: &KeyStore, name: &str, expires: Option<&str>, json: bool) -> an
             None => String::new(),
         }
     );
+    if live == Some(false) {
+        eprintln!(
+            "{} the running gateway does not accept the key yet; check `apx status` and its log",
+            ui::err_red("!")
+        );
+    }
     eprintln!(
         "{}",
         ui::err_dim(
@@ -247,14 +293,25 @@ fn list(
     Ok(())
 }
 
-fn revoke(store: &KeyStore, key: &str) -> anyhow::Result<()> {
+fn revoke(store: &KeyStore, addr: SocketAddr, key: &str) -> anyhow::Result<()> {
     match store.revoke(key) {
         Ok(revoked) => {
+            // Only the hash is stored, so the refusal cannot be observed
+            // with the key itself; wait one reload period of the gateway.
+            let running = settle(addr, "apx-probe-not-a-key", false).is_some();
+            if running {
+                std::thread::sleep(Duration::from_millis(1100));
+            }
             println!(
-                "{} revoked key {} ({}); the running gateway refuses it within a second",
+                "{} revoked key {} ({}){}",
                 ui::green("✓"),
                 revoked.name,
-                revoked.id
+                revoked.id,
+                if running {
+                    "; the running gateway refuses it now"
+                } else {
+                    "; the gateway refuses it from its next start"
+                }
             );
             Ok(())
         }

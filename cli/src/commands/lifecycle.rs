@@ -326,6 +326,7 @@ pub fn status(config_path: &Path, args: StatusArgs) -> anyhow::Result<()> {
         _ => None,
     };
     let answers = live.is_some();
+    let managed_pid = pid;
     let running = pid.is_some() || answers;
     let pid = pid.or_else(|| {
         gateway
@@ -347,7 +348,11 @@ pub fn status(config_path: &Path, args: StatusArgs) -> anyhow::Result<()> {
     let summary = json!({
         "running": running,
         "answering": answers,
-        "manager": if pid.is_some() || !running { manager.name() } else { "unmanaged" },
+        "manager": if managed_pid.is_some() || !running {
+            manager.name()
+        } else {
+            "not started by `apx start` for this config"
+        },
         "pid": pid,
         "uptime_secs": uptime,
         "listen": field("listen").or_else(|| config.as_ref().map(|c| json!(c.listen.to_string()))),

@@ -1,24 +1,26 @@
 //! Probes of what the kernel lets this process do with eBPF: create a map,
-//! load a (trivial) tracing program, and attach it to a kprobe on
-//! `tcp_sendmsg`, the kind of hook request capture uses. Each step is done
+//! load a (trivial) tracepoint program, and attach it to the
+//! `syscalls/sys_enter_write` tracepoint, the kind of hook request capture
+//! uses (syscall tracepoints on accept, read, write, …). Each step is done
 //! for real and undone at once: the program returns 0 and is detached when
 //! its file descriptors close at the end of the probe.
 
-use std::ffi::CString;
 use std::os::fd::{FromRawFd, OwnedFd};
 
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_MAP_TYPE_ARRAY: u32 = 2;
-const BPF_PROG_TYPE_KPROBE: u32 = 2;
+const BPF_PROG_TYPE_TRACEPOINT: u32 = 5;
+const PERF_TYPE_TRACEPOINT: u32 = 2;
 const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 8;
 /// `_IOW('$', 8, __u32)`
 const PERF_EVENT_IOC_SET_BPF: libc::c_ulong = 0x4004_2408;
 /// `_IO('$', 0)`
 const PERF_EVENT_IOC_ENABLE: libc::c_ulong = 0x2400;
-/// `PERF_ATTR_SIZE_VER1`: up to and including `config2`, all a kprobe needs.
+/// `PERF_ATTR_SIZE_VER1`: up to and including `config2`.
 const PERF_ATTR_SIZE: usize = 72;
-pub const KPROBE_TARGET: &str = "tcp_sendmsg";
+pub const TRACEPOINT: &str = "syscalls/sys_enter_write";
+const TRACEFS_ROOTS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
 
 /// What each step gave.
 #[derive(Debug, Clone)]
@@ -54,6 +56,7 @@ fn errno_text(context: &str) -> String {
         Some(libc::ENOSYS) => " (the kernel has no bpf() syscall)",
         Some(libc::EINVAL) => " (the kernel rejected the request)",
         Some(libc::ENOENT) => " (the hook does not exist in this kernel)",
+        Some(libc::EACCES) => " (denied: a security policy blocks it)",
         _ => "",
     };
     format!("{context}: {err}{hint}")
@@ -79,7 +82,7 @@ fn bpf(command: libc::c_long, attr: &mut Attr) -> Result<OwnedFd, ()> {
 }
 
 /// `LINUX_VERSION_CODE` for `release` ("6.1.0-18-amd64" → 6.1.0), needed
-/// by kprobe programs on kernels before 5.0.
+/// by tracing programs on kernels before 5.0.
 pub fn version_code(release: &str) -> u32 {
     let mut parts = release
         .split(|c: char| !c.is_ascii_digit())
@@ -109,7 +112,7 @@ fn load_program(kernel_release: &str) -> Result<OwnedFd, String> {
     let license = c"GPL";
     let mut log = vec![0u8; 4096];
     let mut attr = Attr::new();
-    attr.put_u32(0, BPF_PROG_TYPE_KPROBE);
+    attr.put_u32(0, BPF_PROG_TYPE_TRACEPOINT);
     attr.put_u32(4, insns.len() as u32);
     attr.put_u64(8, insns.as_ptr() as u64);
     attr.put_u64(16, license.as_ptr() as u64);
@@ -129,7 +132,7 @@ fn load_program(kernel_release: &str) -> Result<OwnedFd, String> {
             .last()
             .unwrap_or_default()
             .to_string();
-        let mut text = errno_text("BPF_PROG_LOAD (kprobe)");
+        let mut text = errno_text("BPF_PROG_LOAD (tracepoint)");
         if !verifier.is_empty() {
             text.push_str(&format!("; verifier: {verifier}"));
         }
@@ -137,29 +140,38 @@ fn load_program(kernel_release: &str) -> Result<OwnedFd, String> {
     })
 }
 
-fn kprobe_pmu_type() -> Result<u32, String> {
-    let path = "/sys/bus/event_source/devices/kprobe/type";
-    std::fs::read_to_string(path)
-        .map_err(|err| {
-            format!("cannot read {path}: {err} (kernel without the kprobe PMU, before 4.17)")
-        })?
-        .trim()
-        .parse()
-        .map_err(|_| format!("{path} does not hold a number"))
+/// The id of a tracepoint, from tracefs.
+fn tracepoint_id() -> Result<u64, String> {
+    let mut tried = Vec::new();
+    for root in TRACEFS_ROOTS {
+        let path = format!("{root}/events/{TRACEPOINT}/id");
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                return text
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("{path} does not hold a number"));
+            }
+            Err(err) => tried.push(format!("{path}: {err}")),
+        }
+    }
+    Err(format!(
+        "cannot find the {TRACEPOINT} tracepoint (is tracefs mounted? does the kernel have CONFIG_FTRACE_SYSCALLS?): {}",
+        tried.join("; ")
+    ))
 }
 
-fn attach_kprobe(program: &OwnedFd) -> Result<(), String> {
+fn attach_tracepoint(program: &OwnedFd) -> Result<(), String> {
     use std::os::fd::AsRawFd;
-    let pmu = kprobe_pmu_type()?;
-    let function = CString::new(KPROBE_TARGET).map_err(|_| "bad symbol name".to_string())?;
+    let id = tracepoint_id()?;
     let mut attr = [0u8; PERF_ATTR_SIZE];
-    attr[0..4].copy_from_slice(&pmu.to_ne_bytes());
+    attr[0..4].copy_from_slice(&PERF_TYPE_TRACEPOINT.to_ne_bytes());
     attr[4..8].copy_from_slice(&(PERF_ATTR_SIZE as u32).to_ne_bytes());
-    // config = 0: an entry probe, not a return probe.
+    attr[8..16].copy_from_slice(&id.to_ne_bytes()); // config: the tracepoint id
     attr[16..24].copy_from_slice(&1u64.to_ne_bytes()); // sample_period
-    attr[56..64].copy_from_slice(&(function.as_ptr() as u64).to_ne_bytes()); // kprobe_func
-    // SAFETY: `attr` is a valid perf_event_attr of the size it declares and
-    // `function` (which it points into) outlives the call.
+    attr[48..52].copy_from_slice(&1u32.to_ne_bytes()); // wakeup_events
+    // SAFETY: `attr` is a valid perf_event_attr of the size it declares,
+    // alive for the duration of the call.
     let fd = unsafe {
         libc::syscall(
             libc::SYS_perf_event_open,
@@ -170,11 +182,8 @@ fn attach_kprobe(program: &OwnedFd) -> Result<(), String> {
             PERF_FLAG_FD_CLOEXEC,
         )
     };
-    drop(function);
     if fd < 0 {
-        return Err(errno_text(&format!(
-            "perf_event_open (kprobe on {KPROBE_TARGET})"
-        )));
+        return Err(errno_text(&format!("perf_event_open ({TRACEPOINT})")));
     }
     // SAFETY: a non-negative perf_event_open return is a new, unowned fd.
     let event = unsafe { OwnedFd::from_raw_fd(fd as i32) };
@@ -205,7 +214,7 @@ pub fn probe(kernel_release: &str) -> Probe {
     let program = load_program(kernel_release);
     let load = program.as_ref().map(|_| ()).map_err(Clone::clone);
     let attach = match &program {
-        Ok(program) => attach_kprobe(program),
+        Ok(program) => attach_tracepoint(program),
         Err(_) => Err("skipped: the program did not load".to_string()),
     };
     Probe { map, load, attach }

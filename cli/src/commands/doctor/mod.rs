@@ -293,8 +293,8 @@ fn bpf_check(kernel: &mut Kernel) -> Check {
                 "bpf",
                 Status::Pass,
                 format!(
-                    "map created, program loaded and attached to a kprobe on {}",
-                    bpf::KPROBE_TARGET
+                    "map created, program loaded and attached to the {} tracepoint",
+                    bpf::TRACEPOINT
                 ),
             )
         }
@@ -306,7 +306,7 @@ fn bpf_check(kernel: &mut Kernel) -> Check {
                 .cloned()
                 .unwrap_or_default();
             check("bpf", Status::Warn, format!("{first}: requests are captured in user space"))
-                .fix("check that the kernel has CONFIG_BPF_SYSCALL and CONFIG_KPROBES, that no LSM or seccomp policy blocks bpf(), and that kernel.unprivileged_bpf_disabled is not the issue when not root")
+                .fix("the kernel needs CONFIG_BPF_SYSCALL, CONFIG_BPF_EVENTS and CONFIG_FTRACE_SYSCALLS, tracefs mounted, and no LSM or seccomp policy blocking bpf()")
         }
     }
 }

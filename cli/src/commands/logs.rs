@@ -1,0 +1,229 @@
+//! `apx logs`: the recorded calls, from the log store the gateway writes.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use apx_gateway::logging::record::CallRecord;
+use apx_gateway::store::logs::{LogQuery, LogStore, StatusFilter};
+
+use crate::exit::{self, Failure};
+use crate::ui;
+
+pub const HELP: &str = "Examples:
+  apx logs                          # the last 50 calls
+  apx logs --since 10m --status 5xx # server errors of the last ten minutes
+  apx logs --model gpt-4o --key ci  # one model, one gateway key (name or id)
+  apx logs --follow                 # new calls as they are stored
+  apx logs --json | jq .            # JSON lines with OpenTelemetry field names
+  apx logs --stats                  # records lost, and why
+
+Times: --since/--until take a duration back from now (30s, 10m, 2h, 7d) or
+an RFC 3339 time (2026-11-25T08:00:00Z).";
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Only calls at or after this time (e.g. 10m, 2h, 2026-11-25T08:00:00Z).
+    #[arg(long, value_name = "WHEN")]
+    since: Option<String>,
+    /// Only calls at or before this time.
+    #[arg(long, value_name = "WHEN")]
+    until: Option<String>,
+    /// Only this status (429) or class (5xx).
+    #[arg(long, value_name = "CODE")]
+    status: Option<String>,
+    /// Only calls for this model (as the client named it).
+    #[arg(long)]
+    model: Option<String>,
+    /// Only calls made with this gateway key (name or id).
+    #[arg(long)]
+    key: Option<String>,
+    /// Only paths starting with this (e.g. /v1/messages).
+    #[arg(long)]
+    path: Option<String>,
+    /// How many of the newest matching calls to show.
+    #[arg(long, default_value_t = 50)]
+    limit: u32,
+    /// Keep printing new calls as they are stored (Ctrl-C to stop).
+    #[arg(long, short)]
+    follow: bool,
+    /// JSON lines instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Show the loss counters instead of calls.
+    #[arg(long)]
+    stats: bool,
+}
+
+pub fn run(config_path: &Path, args: Args) -> anyhow::Result<()> {
+    let config = apx_gateway::config::load(config_path)?;
+    let path = config.log_store_path();
+    if !path.exists() {
+        return Err(Failure::new(
+            exit::FAILURE,
+            format!("no log store at {} yet", path.display()),
+        )
+        .hint(match config.logging.capture {
+            apx_gateway::config::CaptureMode::Off => {
+                "logging is off in the config (logging.capture = \"off\")".to_string()
+            }
+            _ => "start the gateway (apx start) and make a call (apx call echo \"hi\")".to_string(),
+        })
+        .into());
+    }
+    let store = LogStore::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+    if args.stats {
+        return print_stats(&store, args.json);
+    }
+    let now = SystemTime::now();
+    let query = LogQuery {
+        since_ns: args.since.as_deref().map(|t| parse_when(t, now)).transpose()?,
+        until_ns: args.until.as_deref().map(|t| parse_when(t, now)).transpose()?,
+        status: args
+            .status
+            .as_deref()
+            .map(|s| {
+                StatusFilter::parse(s).ok_or_else(|| {
+                    Failure::new(exit::USAGE, format!("`{s}` is not a status (use e.g. 429 or 5xx)"))
+                })
+            })
+            .transpose()?,
+        model: args.model.clone(),
+        key: args.key.clone(),
+        path: args.path.clone(),
+        after_id: None,
+        limit: Some(args.limit),
+    };
+    let mut out = std::io::stdout().lock();
+    let records = store.query(&query)?;
+    if !args.json {
+        writeln!(out, "{}", ui::bold(&header_line()))?;
+    }
+    let mut last_id = records.last().map_or(store.last_id()?, |r| r.id);
+    print_records(&mut out, &records, args.json)?;
+    if !args.follow {
+        if records.is_empty() && !args.json {
+            writeln!(out, "{}", ui::dim("(no calls match)"))?;
+        }
+        return Ok(());
+    }
+    loop {
+        std::thread::sleep(Duration::from_millis(250));
+        let newer = LogQuery {
+            after_id: Some(last_id),
+            limit: Some(10_000),
+            ..query.clone()
+        };
+        let records = store.query(&newer)?;
+        if let Some(last) = records.last() {
+            last_id = last.id;
+        }
+        print_records(&mut out, &records, args.json)?;
+    }
+}
+
+fn print_records(out: &mut impl Write, records: &[CallRecord], json: bool) -> anyhow::Result<()> {
+    for record in records {
+        if json {
+            writeln!(out, "{}", record.to_json())?;
+        } else {
+            writeln!(out, "{}", table_line(record))?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn header_line() -> String {
+    format!(
+        "{} {} {} {} {} {} {} {} {}",
+        ui::pad("TIME", 23),
+        ui::pad("STATUS", 6),
+        ui::pad("METHOD", 6),
+        ui::pad("PATH", 26),
+        ui::pad("MODEL", 18),
+        ui::pad("KEY", 12),
+        ui::pad("TOKENS", 11),
+        ui::pad("MS", 8),
+        "CAPTURE"
+    )
+}
+
+fn table_line(record: &CallRecord) -> String {
+    let time = apx_gateway::time::rfc3339_nanos(record.time_unix_ns);
+    let time = time.get(..23).unwrap_or(&time).replace('T', " ");
+    let status = record.status.map_or("-".to_string(), |s| s.to_string());
+    let status = match record.status {
+        Some(s) if s >= 500 => ui::red(&ui::pad(&status, 6)),
+        Some(s) if s >= 400 => ui::yellow(&ui::pad(&status, 6)),
+        _ => ui::green(&ui::pad(&status, 6)),
+    };
+    let tokens = match (record.input_tokens, record.output_tokens) {
+        (None, None) => "-".to_string(),
+        (input, output) => format!(
+            "{}/{}",
+            input.map_or("-".into(), |n| n.to_string()),
+            output.map_or("-".into(), |n| n.to_string())
+        ),
+    };
+    let millis = record.duration_ms.map_or("-".to_string(), |ms| format!("{ms:.1}"));
+    let mut capture = record.capture.map_or("?", |c| c.name()).to_string();
+    if record.partial {
+        capture.push_str(" partial");
+    }
+    format!(
+        "{} {} {} {} {} {} {} {} {}",
+        ui::pad(&time, 23),
+        status,
+        ui::pad(&record.method, 6),
+        ui::pad(&clip(&record.path, 26), 26),
+        ui::pad(&clip(record.model.as_deref().unwrap_or("-"), 18), 18),
+        ui::pad(&clip(record.key_name.as_deref().unwrap_or("-"), 12), 12),
+        ui::pad(&tokens, 11),
+        ui::pad(&millis, 8),
+        capture
+    )
+}
+
+fn clip(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        text.to_string()
+    } else {
+        let kept: String = text.chars().take(width.saturating_sub(1)).collect();
+        format!("{kept}…")
+    }
+}
+
+fn print_stats(store: &LogStore, json: bool) -> anyhow::Result<()> {
+    let counters = store.counters()?;
+    let records = store.count()?;
+    if json {
+        let map: serde_json::Map<String, serde_json::Value> = counters
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::json!(v)))
+            .chain([("records".to_string(), serde_json::json!(records))])
+            .collect();
+        println!("{}", serde_json::Value::Object(map));
+    } else {
+        println!("records stored: {records}");
+        for (name, value) in counters {
+            println!("{}: {value}", name);
+        }
+    }
+    Ok(())
+}
+
+/// `10m` (ago) or an RFC 3339 time, as ns since the Unix epoch.
+fn parse_when(text: &str, now: SystemTime) -> anyhow::Result<i64> {
+    if let Ok(ago) = apx_gateway::config::units::parse_duration(text) {
+        return Ok(apx_gateway::time::unix_nanos(now - ago));
+    }
+    apx_gateway::time::parse_rfc3339(text).ok_or_else(|| {
+        Failure::new(
+            exit::USAGE,
+            format!("`{text}` is neither a duration (10m, 2h) nor an RFC 3339 time (2026-11-25T08:00:00Z)"),
+        )
+        .into()
+    })
+}
