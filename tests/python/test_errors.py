@@ -217,6 +217,39 @@ def test_upstream_429_anthropic(claude, mock):
     assert error["message"] == "Number of request tokens has exceeded your per-minute rate limit"
 
 
+@pytest.mark.parametrize("endpoint", ["embeddings", "responses", "completions", "responses-stream"])
+def test_upstream_statuses_on_every_openai_endpoint(oai, mock, endpoint):
+    calls = {
+        "embeddings": lambda h: oai.embeddings.create(model="gpt-test", input="x", extra_headers=h),
+        "responses": lambda h: oai.responses.create(model="gpt-test", input="x", extra_headers=h),
+        "completions": lambda h: oai.completions.create(model="gpt-test", prompt="x", extra_headers=h),
+        "responses-stream": lambda h: oai.responses.create(
+            model="gpt-test", input="x", stream=True, extra_headers=h
+        ),
+    }
+    with pytest.raises(openai.RateLimitError) as info:
+        calls[endpoint](scenario("status:429"))
+    assert info.value.response.headers["retry-after"] == "7"
+    with pytest.raises(openai.InternalServerError) as info:
+        calls[endpoint](scenario("status:503"))
+    assert info.value.status_code == 503
+    assert openai_error(info.value)["message"] == (
+        "The engine is currently overloaded, please try again later."
+    )
+
+
+def test_upstream_status_on_count_tokens(claude, mock):
+    with pytest.raises(anthropic.RateLimitError) as info:
+        claude.messages.count_tokens(
+            model="claude-test", messages=USER, extra_headers=scenario("status:429")
+        )
+    assert info.value.response.headers["retry-after"] == "7"
+    with pytest.raises(anthropic.OverloadedError):
+        claude.messages.count_tokens(
+            model="claude-test", messages=USER, extra_headers=scenario("status:529")
+        )
+
+
 def test_upstream_500_openai(oai, mock):
     with pytest.raises(openai.InternalServerError) as info:
         oai.chat.completions.create(

@@ -199,7 +199,7 @@ def test_slow_first_byte_is_a_504_openai(make_openai, timeout_gateway, mock):
     start = time.monotonic()
     with pytest.raises(openai.APIStatusError) as info:
         client.chat.completions.create(
-            model="gpt-test", messages=USER, stream=True, extra_headers=scenario("slow-first-byte:3000")
+            model="gpt-test", messages=USER, stream=True, extra_headers=scenario("slow-first-byte:1500")
         )
     elapsed = time.monotonic() - start
     assert info.value.status_code == 504
@@ -208,7 +208,7 @@ def test_slow_first_byte_is_a_504_openai(make_openai, timeout_gateway, mock):
     # Not only streams: a plain request gets the same 504.
     with pytest.raises(openai.APIStatusError) as info:
         client.chat.completions.create(
-            model="gpt-test", messages=USER, extra_headers=scenario("slow-first-byte:3000")
+            model="gpt-test", messages=USER, extra_headers=scenario("slow-first-byte:1500")
         )
     assert info.value.status_code == 504
 
@@ -221,7 +221,7 @@ def test_slow_first_byte_is_a_504_anthropic(make_anthropic, timeout_gateway, moc
             max_tokens=8,
             messages=USER,
             stream=True,
-            extra_headers=scenario("slow-first-byte:3000"),
+            extra_headers=scenario("slow-first-byte:1500"),
         )
     assert info.value.status_code == 504
     body = info.value.response.json()
