@@ -670,7 +670,7 @@ pub fn run(config_path: &Path, args: Args) -> anyhow::Result<()> {
         install_unit(unit, &files, args.no_systemd)?;
     }
     let key = first_key(&rendered.state_dir, &files, &args.key_name)?;
-    summary(&answers, key.as_deref(), &args.key_name, &files);
+    summary(&answers, key.as_deref(), &files);
     Ok(())
 }
 
@@ -759,7 +759,7 @@ fn first_key(state_dir: &Path, files: &Files, name: &str) -> anyhow::Result<Opti
     Ok(Some(key))
 }
 
-fn summary(answers: &Answers, key: Option<&str>, key_name: &str, files: &Files) {
+fn summary(answers: &Answers, key: Option<&str>, files: &Files) {
     if let Some(key) = key {
         println!("\n  {}\n", ui::bold(key));
         println!(
@@ -768,16 +768,14 @@ fn summary(answers: &Answers, key: Option<&str>, key_name: &str, files: &Files) 
                 "This key is shown only once. Clients send it as `Authorization: Bearer <key>` or `x-api-key: <key>`."
             )
         );
-        let _ = key_name;
     }
     println!();
     for chosen in &answers.providers {
         if chosen.kind == ECHO {
             println!(
-                "  {} {} — {}",
+                "  {} {} — built in, streams your prompt back; no upstream is called",
                 ui::bold("echo"),
                 ui::yellow("(test model)"),
-                "built in, streams your prompt back; no upstream is called"
             );
         } else {
             println!(
