@@ -440,10 +440,25 @@ pub(crate) unsafe fn zero_from_template(dst: *mut u8, len: u32, offset: usize) {
     }
 }
 
+/// Pending bytes in the ring buffer above which a record wakes the reader.
+/// Below it no wakeup is sent (a wakeup is an irq_work, i.e. a self-IPI: a
+/// VM exit under virtualisation, several microseconds); the reader polls on
+/// a timer (WAKEUP_BYTES = 0: wake on every record).
+#[no_mangle]
+static WAKEUP_BYTES: Global<u64> = Global::new(65536);
+
 /// Send a record; count it as dropped if the ring buffer is full.
 #[inline(always)]
 pub(crate) fn emit<T>(rec: &T) {
-    if EVENTS.output::<T>(rec, 0).is_ok() {
+    const BPF_RB_NO_WAKEUP: u64 = 1;
+    const BPF_RB_FORCE_WAKEUP: u64 = 2;
+    const BPF_RB_AVAIL_DATA: u64 = 0;
+    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES.load() {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    if EVENTS.output::<T>(rec, flags).is_ok() {
         stat_add(stats::RECORDS, 1);
     } else {
         stat_add(stats::RINGBUF_DROPS, 1);

@@ -12,7 +12,7 @@
 //! listening sockets (`Config::listeners` or `Capture::register_listener`),
 //! then wait on `Capture::ring_fd()` (e.g. tokio `AsyncFd`) and call `poll`.
 
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -65,6 +65,10 @@ pub struct Config {
     pub ringbuf_bytes: Option<u32>,
     /// Connections tracked at once.
     pub max_conns: Option<u32>,
+    /// Wake the reader only when this many bytes are pending (default 65536;
+    /// 0 = on every record, which costs a self-IPI per record). The reader
+    /// must then also poll on a timer (`poll` every ~50-100 ms).
+    pub wakeup_bytes: Option<u64>,
     /// Use this object instead of `PREBUILT`.
     pub object: Option<Vec<u8>>,
 }
@@ -79,6 +83,7 @@ impl Config {
             require_listener: false,
             ringbuf_bytes: None,
             max_conns: None,
+            wakeup_bytes: None,
             object: None,
         }
     }
@@ -109,8 +114,20 @@ pub struct Stats {
     pub args_map_full: u64,
 }
 
+/// Per-program numbers from /proc/self/fdinfo (run time needs `enable_run_stats`).
+#[derive(Clone, Debug, Default)]
+pub struct ProgStat {
+    pub name: &'static str,
+    /// Time `load()` (the verifier) took for this program.
+    pub load_time: Duration,
+    pub verified_insns: u64,
+    pub run_count: u64,
+    pub run_time_ns: u64,
+}
+
 pub struct Capture {
     ebpf: Ebpf,
+    prog_load: Vec<(&'static str, Duration)>,
     ring: RingBuf<MapData>,
     /// Time spent in `EbpfLoader::load` (includes verification of all programs).
     pub load_time: Duration,
@@ -198,6 +215,7 @@ impl Capture {
             extra[i] = name_hash(h.as_bytes());
         }
         let require: u32 = cfg.require_listener as u32;
+        let wakeup: u64 = cfg.wakeup_bytes.unwrap_or(65536);
         let image = aligned_copy(cfg.object.as_deref().unwrap_or(PREBUILT));
         let t0 = Instant::now();
         let mut loader = EbpfLoader::new();
@@ -209,7 +227,8 @@ impl Capture {
             .override_global("EXTRA_H0", &extra[0], true)
             .override_global("EXTRA_H1", &extra[1], true)
             .override_global("EXTRA_H2", &extra[2], true)
-            .override_global("EXTRA_H3", &extra[3], true);
+            .override_global("EXTRA_H3", &extra[3], true)
+            .override_global("WAKEUP_BYTES", &wakeup, true);
         if let Some(n) = cfg.ringbuf_bytes {
             loader.map_max_entries("EVENTS", n);
         }
@@ -231,19 +250,22 @@ impl Capture {
                 map.insert(fd, port, 0).map_err(err("LISTENERS insert"))?;
             }
         }
+        let mut prog_load = Vec::new();
         for (prog, cat, name) in HOOKS {
+            let tp = Instant::now();
             let p: &mut TracePoint = ebpf
                 .program_mut(prog)
                 .ok_or_else(|| Error(format!("program {prog} missing from the object")))?
                 .try_into()
                 .map_err(err(prog))?;
             p.load().map_err(|e| Error(format!("verifying {prog}: {e:?}")))?;
+            prog_load.push((*prog, tp.elapsed()));
             p.attach(cat, name).map_err(err(name))?;
         }
         let attach_time = t0.elapsed();
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or(Error("no EVENTS map".into()))?)
             .map_err(err("EVENTS"))?;
-        Ok(Capture { ebpf, ring, load_time, attach_time })
+        Ok(Capture { ebpf, prog_load, ring, load_time, attach_time })
     }
 
     /// Tell the kernel side that `fd` listens on `port` (listener opened after start).
@@ -269,6 +291,38 @@ impl Capture {
             n += 1;
         }
         n
+    }
+
+    /// Turn on the kernel's per-program run-time accounting while the fd lives
+    /// (costs two clock reads per program run; for measurements only).
+    pub fn enable_run_stats() -> Result<std::os::fd::OwnedFd, Error> {
+        aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(err("BPF_ENABLE_STATS"))
+    }
+
+    /// Verifier time, verified instructions, run count and run time of each program.
+    pub fn program_stats(&self) -> Vec<ProgStat> {
+        let mut out = Vec::new();
+        for (name, load_time) in &self.prog_load {
+            let mut st = ProgStat { name, load_time: *load_time, ..Default::default() };
+            if let Some(fd) = self.ebpf.program(name).and_then(|p| p.fd().ok()) {
+                let raw = fd.as_fd().as_raw_fd();
+                if let Ok(text) = std::fs::read_to_string(format!("/proc/self/fdinfo/{raw}")) {
+                    for line in text.lines() {
+                        let mut it = line.split(':');
+                        let (Some(k), Some(v)) = (it.next(), it.next()) else { continue };
+                        let v: u64 = v.trim().parse().unwrap_or(0);
+                        match k {
+                            "run_time_ns" => st.run_time_ns = v,
+                            "run_cnt" => st.run_count = v,
+                            "verified_insns" => st.verified_insns = v,
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            out.push(st);
+        }
+        out
     }
 
     pub fn stats(&self) -> Result<Stats, Error> {

@@ -2,7 +2,7 @@
 //! process and print one JSON line per HTTP request it serves.
 //!
 //! usage: apx-capture-probe --pid PID [--duration SECS] [--header NAME]...
-//!        [--key HEX32] [--known-key ID=TOKEN]... [--raw] [--quiet] [--object FILE]
+//!        [--key HEX32] [--known-key ID=TOKEN]... [--raw] [--quiet] [--prog-stats] [--object FILE]
 //!
 //! Stats (drops, records, load/attach time) go to stderr as JSON at exit.
 
@@ -276,6 +276,7 @@ fn main() {
     let mut duration: Option<Duration> = None;
     let mut raw = false;
     let mut quiet = false;
+    let mut prog_stats = false;
     let mut cfg = Config::for_pid(0);
     let mut known: Vec<(String, String)> = Vec::new();
     while let Some(a) = args.next() {
@@ -292,9 +293,11 @@ fn main() {
             }
             "--object" => cfg.object = Some(std::fs::read(val()).unwrap_or_else(|e| die(&format!("--object: {e}")))),
             "--raw" => raw = true,
+            "--wakeup-bytes" => cfg.wakeup_bytes = Some(val().parse().unwrap_or_else(|_| die("bad --wakeup-bytes"))),
             "--quiet" => quiet = true,
+            "--prog-stats" => prog_stats = true,
             "-h" | "--help" => {
-                eprintln!("usage: apx-capture-probe --pid PID [--duration SECS] [--header NAME]... [--key HEX32] [--known-key ID=TOKEN]... [--raw] [--quiet] [--object FILE]");
+                eprintln!("usage: apx-capture-probe --pid PID [--duration SECS] [--header NAME]... [--key HEX32] [--known-key ID=TOKEN]... [--raw] [--quiet] [--prog-stats] [--wakeup-bytes N] [--object FILE]");
                 return;
             }
             _ => die(&format!("unknown argument {a}")),
@@ -309,6 +312,11 @@ fn main() {
         known.into_iter().map(|(id, tok)| (fingerprint(k0, k1, tok.as_bytes()), id)).collect();
     let printer = Printer { key_ids, boot_offset_ns: mono_to_wall_offset() };
 
+    let _stats_fd = if prog_stats {
+        Some(Capture::enable_run_stats().unwrap_or_else(|e| die(&e.to_string())))
+    } else {
+        None
+    };
     let mut cap = Capture::start(&cfg).unwrap_or_else(|e| die(&e.to_string()));
     eprintln!(
         "{{\"event\":\"attached\",\"pid\":{pid},\"load_ms\":{:.1},\"load_attach_ms\":{:.1},\"listeners\":[{}]}}",
@@ -361,6 +369,9 @@ fn main() {
             break;
         }
     }
+    if prog_stats {
+        print_prog_stats(&cap);
+    }
     let s = cap.stats().unwrap_or_default();
     eprintln!(
         "{{\"event\":\"stats\",\"lines\":{exchanges},\"pending\":{},\"records\":{},\"ringbuf_drops\":{},\"conn_map_full\":{},\"args_map_full\":{},\"conns\":{},\"parsed_syscalls\":{}}}",
@@ -372,6 +383,21 @@ fn main() {
         s.conns,
         s.parsed_syscalls
     );
+}
+
+fn print_prog_stats(cap: &Capture) {
+    for p in cap.program_stats() {
+        let avg = if p.run_count > 0 { p.run_time_ns as f64 / p.run_count as f64 } else { 0.0 };
+        eprintln!(
+            "{{\"event\":\"program\",\"name\":\"{}\",\"verify_ms\":{:.1},\"verified_insns\":{},\"run_count\":{},\"run_time_ns\":{},\"avg_ns\":{:.0}}}",
+            p.name,
+            p.load_time.as_secs_f64() * 1e3,
+            p.verified_insns,
+            p.run_count,
+            p.run_time_ns,
+            avg
+        );
+    }
 }
 
 fn die(msg: &str) -> ! {
