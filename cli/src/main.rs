@@ -94,7 +94,7 @@ enum Command {
     #[command(after_help = "Examples:\n  apx check\n  apx check --config ./apx.toml")]
     Check,
     /// Show where apx keeps its files.
-    #[command(after_help = "Examples:\n  apx paths\n  apx paths --json")]
+    #[command(after_help = "Examples:\n  apx paths\n  apx paths --json\n  apx paths state_dir")]
     Paths(commands::paths::Args),
 }
 

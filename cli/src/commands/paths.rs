@@ -4,12 +4,17 @@ use std::path::Path;
 
 use serde_json::json;
 
+use crate::exit::{self, fail};
 use crate::local::Local;
 use crate::paths;
 use crate::service::{self, Daemon};
 
 #[derive(clap::Args)]
 pub struct Args {
+    /// Print only this path (config, env_file, client_key, unit_copy,
+    /// state_dir, key_store, log_store, pidfile, daemon_log, systemd_unit,
+    /// binary), for scripts.
+    name: Option<String>,
     /// Print JSON for scripts.
     #[arg(long)]
     json: bool,
@@ -25,6 +30,7 @@ pub fn run(config_path: &Path, args: Args) -> anyhow::Result<()> {
         ("config", Some(local.files.config.clone())),
         ("env_file", Some(local.files.env.clone())),
         ("client_key", Some(local.files.client_key.clone())),
+        ("unit_copy", Some(local.files.unit_copy.clone())),
         ("state_dir", Some(state_dir.clone())),
         ("key_store", Some(state_dir.join("state.db"))),
         ("log_store", Some(state_dir.join("logs.db"))),
@@ -33,6 +39,19 @@ pub fn run(config_path: &Path, args: Args) -> anyhow::Result<()> {
         ("systemd_unit", unit),
         ("binary", exe),
     ];
+    if let Some(name) = &args.name {
+        let found = rows.iter().find(|(n, _)| n == name).ok_or_else(|| {
+            let names: Vec<&str> = rows.iter().map(|(n, _)| *n).collect();
+            fail(
+                exit::USAGE,
+                format!("no path named `{name}` (known: {})", names.join(", ")),
+            )
+        })?;
+        if let Some(path) = &found.1 {
+            println!("{}", path.display());
+        }
+        return Ok(());
+    }
     if args.json {
         let mut map = serde_json::Map::new();
         for (name, path) in &rows {
