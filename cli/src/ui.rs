@@ -56,6 +56,10 @@ pub fn err_dim(text: &str) -> String {
     Style::new().dim().for_stderr().apply_to(text).to_string()
 }
 
+pub fn err_green(text: &str) -> String {
+    Style::new().green().for_stderr().apply_to(text).to_string()
+}
+
 pub fn err_bold(text: &str) -> String {
     Style::new().bold().for_stderr().apply_to(text).to_string()
 }

@@ -369,9 +369,20 @@ fn answers_from_wizard(args: &Args, existing: &EnvVars) -> anyhow::Result<Answer
             .with_prompt("Which providers should the gateway serve?")
             .items(&items)
             .defaults(&defaults)
+            .report(false)
             .interact()
             .map_err(prompt_error)?;
         if !picked.is_empty() {
+            let names: Vec<&str> = picked
+                .iter()
+                .map(|&i| CATALOG.get(i).map_or("Echo", |e| e.display_name))
+                .collect();
+            eprintln!(
+                "{} {} · {}",
+                ui::err_green("✔"),
+                ui::err_bold("Providers"),
+                names.join(", ")
+            );
             break picked;
         }
         eprintln!("{}", ui::err_dim("Pick at least one (Echo needs no key)."));
@@ -469,8 +480,15 @@ fn answers_from_wizard(args: &Args, existing: &EnvVars) -> anyhow::Result<Answer
         .with_prompt("Request capture (`apx doctor` shows what this machine supports)")
         .items(labels)
         .default(preset)
+        .report(false)
         .interact()
         .map_err(prompt_error)?;
+    eprintln!(
+        "{} {} · {}",
+        ui::err_green("✔"),
+        ui::err_bold("Request capture"),
+        modes[capture].name()
+    );
 
     let retention: String = Input::with_theme(&theme)
         .with_prompt("Keep request records for")
