@@ -15,6 +15,7 @@ it, drives scenarios over loopback, and checks the JSON lines:
   h2           HTTP/2 prior-knowledge preface → not_http + h2
   vanish       half a request, then RST → partial + peer_eof/read_error
   bighdr       20 KB header value + 400-byte path → truncated flags, still parsed
+  continue     Expect: 100-continue → interim 100 + final 200 on one response record
   (hyper only) chunked/slow responses: status + end timestamps
 
 Exit 0 if every check passes; prints 'N passed, M failed'.
@@ -192,6 +193,16 @@ def scenario_bighdr(port, hyper):
     s.close()
 
 
+def scenario_continue(port, hyper):
+    s = conn(port)
+    s.sendall(b"POST /cont HTTP/1.1\r\nHost: c\r\nX-Request-Id: cont1\r\nContent-Length: 11\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n")
+    s.settimeout(2)
+    first = s.recv(4096)
+    s.sendall(b"hello world")
+    recv_all(s)
+    s.close()
+
+
 def scenario_hyper_bodies(port, hyper):
     s = conn(port)
     s.sendall(b"GET /chunked HTTP/1.1\r\nHost: h\r\nX-Request-Id: hc\r\n\r\n")
@@ -211,6 +222,7 @@ SCENARIOS = [
     scenario_h2,
     scenario_vanish,
     scenario_bighdr,
+    scenario_continue,
 ]
 
 
@@ -358,6 +370,9 @@ def main():
         q = bg[0]["request"]
         c.check("big header: path truncated, real length kept", "path_truncated" in q["flags"] and q["path_len"] == 405 and len(q["path"]) == 256)
         c.check("big header: value truncated, status seen", "value_truncated" in q["flags"] and len(q["headers"]["user-agent"]) == 124 and bg[0].get("response", {}).get("status") in (200, 431, 400))
+
+    ct = by_rid(lines, "cont1")
+    c.check("100-continue: one record, interim counted, final 200", len(ct) == 1 and ct[0].get("response", {}).get("interim") == 1 and ct[0]["response"]["status"] == 200 and "interim" in ct[0]["response"]["flags"], str(ct))
 
     if a.hyper:
         hc, hs = by_rid(lines, "hc"), by_rid(lines, "hs")
