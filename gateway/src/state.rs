@@ -8,7 +8,7 @@ use tokio::sync::Semaphore;
 
 use crate::auth::{GatewayKey, KeyRing};
 use crate::config::{Config, Limits};
-use crate::logging::Logging;
+use crate::logging::{ListenerInfo, Logging};
 use crate::proxy::upstream::UpstreamClient;
 use crate::routing::RouteTable;
 use crate::server::ServeError;
@@ -53,7 +53,7 @@ impl Drop for InFlight<'_> {
 }
 
 impl Gateway {
-    pub fn new(config: &Config) -> Result<Gateway, ServeError> {
+    pub fn new(config: &Config, listener: Option<ListenerInfo>) -> Result<Gateway, ServeError> {
         let routes = RouteTable::from_config(config).map_err(ServeError::LocalProvider)?;
         let started = SystemTime::now();
         let keys = KeyRing::new(config_keys(config));
@@ -67,7 +67,7 @@ impl Gateway {
             started,
             listen: config.listen,
             stats: Stats::default(),
-            logging: Logging::start(config)?,
+            logging: Logging::start(config, listener)?,
         })
     }
 }

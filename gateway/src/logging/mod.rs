@@ -5,6 +5,7 @@
 
 pub mod capture;
 pub mod collector;
+pub mod ebpf;
 pub mod fingerprint;
 pub mod record;
 pub mod ticket;
@@ -58,6 +59,72 @@ pub struct Logging {
     capture_list: CaptureList,
     fingerprints: Option<FingerprintKey>,
     collector: Mutex<Option<std::thread::JoinHandle<()>>>,
+    ebpf: Mutex<Option<ebpf::EbpfCapture>>,
+}
+
+/// The gateway's listening socket, which the kernel programs watch.
+#[derive(Clone, Copy, Debug)]
+pub struct ListenerInfo {
+    pub fd: u32,
+    pub port: u16,
+}
+
+/// Tries eBPF capture where it is asked for or allowed; falls back to user
+/// space (mode `auto`) or fails (mode `ebpf`) with the kernel's reason.
+fn choose_capture(
+    mode: CaptureMode,
+    listener: Option<ListenerInfo>,
+    fingerprints: &FingerprintKey,
+    extra_headers: &[String],
+    sink: &LogSink,
+) -> Result<(ActiveCapture, Option<ebpf::EbpfCapture>), LoggingError> {
+    let userspace = |reason: String| {
+        Ok((
+            ActiveCapture {
+                capture: Some(Capture::Userspace),
+                reason,
+            },
+            None,
+        ))
+    };
+    if mode == CaptureMode::Userspace {
+        return userspace("logging.capture = \"userspace\"".into());
+    }
+    let attempt = match listener {
+        None => Err("the listening socket is not known".to_string()),
+        Some(listener) => ebpf::EbpfCapture::start(
+            &ebpf::EbpfSettings {
+                listener_fd: listener.fd,
+                listener_port: listener.port,
+                fingerprint_key: *fingerprints,
+                extra_headers: extra_headers
+                    .iter()
+                    .take(apx_capture_common::EXTRA_SLOTS)
+                    .cloned()
+                    .collect(),
+            },
+            sink.clone(),
+        ),
+    };
+    match (attempt, mode) {
+        (Ok(capture), _) => {
+            let reason = format!(
+                "eBPF programs loaded and attached in {} ms",
+                capture.load_time.as_millis()
+            );
+            Ok((
+                ActiveCapture {
+                    capture: Some(Capture::Ebpf),
+                    reason,
+                },
+                Some(capture),
+            ))
+        }
+        (Err(err), CaptureMode::Ebpf) => Err(LoggingError::EbpfUnavailable(err)),
+        (Err(err), _) => userspace(format!(
+            "eBPF capture unavailable ({err}); records come from user space"
+        )),
+    }
 }
 
 impl Logging {
@@ -72,30 +139,17 @@ impl Logging {
             capture_list: CaptureList::new(&[]),
             fingerprints: None,
             collector: Mutex::new(None),
+            ebpf: Mutex::new(None),
         }
     }
 
-    /// Opens the store, starts the collector and picks the capture mode.
-    pub fn start(config: &Config) -> Result<Logging, LoggingError> {
+    /// Opens the store, starts the collector and picks the capture mode:
+    /// eBPF when asked or possible, else user space, saying why.
+    pub fn start(config: &Config, listener: Option<ListenerInfo>) -> Result<Logging, LoggingError> {
         let settings = &config.logging;
-        let capture = match settings.capture {
-            CaptureMode::Off => return Ok(Logging::off("logging.capture = \"off\"")),
-            CaptureMode::Userspace => ActiveCapture {
-                capture: Some(Capture::Userspace),
-                reason: "logging.capture = \"userspace\"".into(),
-            },
-            CaptureMode::Auto => ActiveCapture {
-                capture: Some(Capture::Userspace),
-                reason:
-                    "eBPF capture is not built into this gateway yet; records come from user space"
-                        .into(),
-            },
-            CaptureMode::Ebpf => {
-                return Err(LoggingError::EbpfUnavailable(
-                    "eBPF capture is not built into this gateway yet".into(),
-                ));
-            }
-        };
+        if settings.capture == CaptureMode::Off {
+            return Ok(Logging::off("logging.capture = \"off\""));
+        }
         let key_path = config.state_dir.join("fingerprint.key");
         let fingerprints = FingerprintKey::load_or_create(&key_path).map_err(|source| {
             LoggingError::FingerprintKey {
@@ -112,12 +166,20 @@ impl Logging {
             },
         )
         .map_err(LoggingError::Thread)?;
+        let (active, ebpf) = choose_capture(
+            settings.capture,
+            listener,
+            &fingerprints,
+            &settings.headers,
+            &sink,
+        )?;
         Ok(Logging {
-            active: capture,
+            active,
             sink: Some(sink),
             capture_list: CaptureList::new(&settings.headers),
             fingerprints: Some(fingerprints),
             collector: Mutex::new(Some(handle)),
+            ebpf: Mutex::new(ebpf),
         })
     }
 
@@ -185,6 +247,10 @@ impl Logging {
     /// Writes what is pending and stops the collector.
     pub fn stop(&self, timeout: Duration) {
         let Some(sink) = &self.sink else { return };
+        // Drain the kernel's last records into the collector first.
+        if let Some(mut capture) = self.ebpf.lock().ok().and_then(|mut c| c.take()) {
+            capture.stop();
+        }
         sink.flush(timeout);
         sink.send(Event::Stop);
         let handle = self.collector.lock().ok().and_then(|mut h| h.take());

@@ -21,8 +21,9 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::config::Config;
-use crate::logging::ConnContext;
+use crate::logging::{ConnContext, ListenerInfo};
 use crate::state::Gateway;
+use std::os::fd::AsRawFd;
 
 /// Why the gateway could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -77,7 +78,11 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let mut gateway = Gateway::new(&config)?;
+    let listener_info = listener.local_addr().ok().map(|addr| ListenerInfo {
+        fd: u32::try_from(listener.as_raw_fd()).unwrap_or(0),
+        port: addr.port(),
+    });
+    let mut gateway = Gateway::new(&config, listener_info)?;
     if let Ok(addr) = listener.local_addr() {
         gateway.listen = addr;
     }
