@@ -89,6 +89,13 @@ pub fn unique_dir(tag: &str) -> PathBuf {
 }
 
 pub fn config_text(mock: &MockUpstream, state_dir: &Path, extra: &str) -> String {
+    // Tests that are not about capture use user space: loading the eBPF
+    // programs for every test gateway would cost a second each.
+    let logging = if extra.contains("[logging]") {
+        ""
+    } else {
+        "[logging]\ncapture = \"userspace\""
+    };
     format!(
         r#"
 listen = "127.0.0.1:0"
@@ -140,6 +147,8 @@ provider = "unreachable"
 [[keys]]
 name = "test"
 hash = "{hash}"
+
+{logging}
 
 {extra}
 "#,
