@@ -221,3 +221,17 @@ async fn logging_off_writes_nothing() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!gw.state_dir.join("logs.db").exists());
 }
+
+#[tokio::test]
+async fn shutdown_writes_every_pending_record_before_exit() {
+    let mut gw = TestGateway::start(USERSPACE).await;
+    for _ in 0..25 {
+        post(&gw, "/v1/chat/completions", &chat("gpt-test", false), &[]).await;
+    }
+    gw.begin_shutdown();
+    let task = gw.task.take().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), task).await.unwrap().unwrap();
+    // No waiting: the gateway flushed before `serve` returned.
+    let store = LogStore::open(&gw.state_dir.join("logs.db")).unwrap();
+    assert_eq!(store.count().unwrap(), 25);
+}
