@@ -230,7 +230,10 @@ async fn shutdown_writes_every_pending_record_before_exit() {
     }
     gw.begin_shutdown();
     let task = gw.task.take().unwrap();
-    tokio::time::timeout(Duration::from_secs(10), task).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap()
+        .unwrap();
     // No waiting: the gateway flushed before `serve` returned.
     let store = LogStore::open(&gw.state_dir.join("logs.db")).unwrap();
     assert_eq!(store.count().unwrap(), 25);

@@ -28,7 +28,7 @@ impl Capture {
 }
 
 /// A credential header as logged: never its value.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CredentialSeen {
     /// Lower-case header name.
     pub header: String,

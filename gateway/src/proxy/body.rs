@@ -90,10 +90,7 @@ impl Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.kind {
-            BodyKind::Full(data) => data.is_none(),
-            BodyKind::Relay(relay) => relay.is_end_stream(),
-        }
+        self.kind_is_done()
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -9,7 +9,7 @@ use rusqlite::{Connection, params_from_iter};
 use serde_json::json;
 
 use super::{StoreError, open_sqlite};
-use crate::logging::record::{CallRecord, Capture, CredentialSeen};
+use crate::logging::record::{CallRecord, Capture};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS calls (
@@ -140,14 +140,7 @@ impl LogStore {
             )?;
             for record in records {
                 let headers = json!(record.headers).to_string();
-                let credentials = json!(
-                    record
-                        .credentials
-                        .iter()
-                        .map(|c| json!({"header": c.header, "scheme": c.scheme, "fingerprint": c.fingerprint}))
-                        .collect::<Vec<_>>()
-                )
-                .to_string();
+                let credentials = json!(record.credentials).to_string();
                 let notes = (!record.notes.is_empty()).then(|| record.notes.join("; "));
                 statement.execute(rusqlite::params![
                     record.time_unix_ns,
@@ -346,15 +339,8 @@ fn read_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<CallRecord> {
             .and_then(|h| serde_json::from_str(&h).ok())
             .unwrap_or_default(),
         credentials: credentials
-            .and_then(|c| serde_json::from_str::<Vec<serde_json::Value>>(&c).ok())
-            .unwrap_or_default()
-            .iter()
-            .map(|c| CredentialSeen {
-                header: c["header"].as_str().unwrap_or_default().to_string(),
-                scheme: c["scheme"].as_str().unwrap_or_default().to_string(),
-                fingerprint: c["fingerprint"].as_str().unwrap_or_default().to_string(),
-            })
-            .collect(),
+            .and_then(|c| serde_json::from_str(&c).ok())
+            .unwrap_or_default(),
         key_id: row.get(18)?,
         key_name: row.get(19)?,
         model: row.get(20)?,
@@ -373,6 +359,7 @@ fn read_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<CallRecord> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::logging::record::CredentialSeen;
 
     fn record(n: i64, status: u16, model: &str) -> CallRecord {
         CallRecord {
