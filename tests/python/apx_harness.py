@@ -46,6 +46,24 @@ class HarnessError(RuntimeError):
     """A process of the suite could not be started."""
 
 
+# Every process the suite started and has not stopped, to notice one dying.
+RUNNING: list["MockUpstream | Gateway"] = []
+
+
+def dead_processes() -> list[str]:
+    """What each started process that exited on its own said, if any did."""
+    reports = []
+    for owner in RUNNING:
+        status = owner.proc.poll() if owner.proc is not None else None
+        if status is not None:
+            how = f"killed by signal {-status}" if status < 0 else f"exit status {status}"
+            reports.append(
+                f"{owner.describe()} is no longer running ({how}); stderr:\n"
+                + owner.stderr_text()[-4000:]
+            )
+    return reports
+
+
 def binary_path(env_var: str, default_relative: str) -> Path:
     """The binary named by `env_var`, else `default_relative` under the repo."""
     configured = os.environ.get(env_var)
@@ -134,6 +152,13 @@ class MockUpstream:
         self.port = int(match.group(2))
         self.url = f"http://127.0.0.1:{self.port}"
         self._http = httpx.Client(base_url=self.url, timeout=5.0, trust_env=False)
+        RUNNING.append(self)
+
+    def describe(self) -> str:
+        return f"the mock upstream (pid {self.proc.pid}, port {self.port})"
+
+    def stderr_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
 
     def _read_line(self, timeout: float) -> str:
         assert self.proc.stdout is not None
@@ -193,6 +218,8 @@ class MockUpstream:
             time.sleep(0.02)
 
     def stop(self) -> None:
+        if self in RUNNING:
+            RUNNING.remove(self)
         if getattr(self, "_http", None) is not None:
             self._http.close()
         _stop_process(self.proc)
@@ -329,6 +356,7 @@ class Gateway:
                     env=env,
                 )
             if self._wait_healthy():
+                RUNNING.append(self)
                 return
             status = self.proc.poll()
             log = self.stderr_text()
@@ -361,7 +389,13 @@ class Gateway:
                 time.sleep(0.05)
         return False
 
+    def describe(self) -> str:
+        pid = self.proc.pid if self.proc is not None else "?"
+        return f"gateway `{self.name}` (pid {pid}, port {self.port})"
+
     def stop(self) -> None:
+        if self in RUNNING:
+            RUNNING.remove(self)
         if self.proc is not None:
             _stop_process(self.proc)
 
@@ -392,3 +426,65 @@ def mock_reply(model: str, user_text: str) -> str:
 def words(text: str) -> int:
     """The mock's token count: whitespace-separated words."""
     return len(text.split())
+
+
+class RawConnection:
+    """One HTTP/1.1 connection driven by hand, to control exactly when each
+    byte of a request is sent and which connection a request goes on."""
+
+    def __init__(self, port: int, timeout: float = 5.0):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self._buffer = b""
+
+    def __enter__(self) -> "RawConnection":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.sock.close()
+
+    @staticmethod
+    def request(path: str, headers: dict[str, str], body: bytes) -> tuple[bytes, bytes]:
+        """The request head (with Content-Length) and body, as bytes."""
+        lines = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1"]
+        lines += [f"{name}: {value}" for name, value in headers.items()]
+        lines.append(f"Content-Length: {len(body)}")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode(), body
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def _fill(self) -> None:
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("the server closed the connection")
+        self._buffer += chunk
+
+    def _take(self, n: int) -> bytes:
+        while len(self._buffer) < n:
+            self._fill()
+        data, self._buffer = self._buffer[:n], self._buffer[n:]
+        return data
+
+    def _take_line(self) -> bytes:
+        while b"\r\n" not in self._buffer:
+            self._fill()
+        line, self._buffer = self._buffer.split(b"\r\n", 1)
+        return line
+
+    def read_response(self) -> tuple[int, dict[str, str], bytes]:
+        """Status, headers (lower-case names) and body of the next response."""
+        status_line = self._take_line().decode()
+        status = int(status_line.split()[1])
+        headers: dict[str, str] = {}
+        while line := self._take_line():
+            name, _, value = line.decode().partition(":")
+            headers[name.strip().lower()] = value.strip()
+        if "content-length" in headers:
+            return status, headers, self._take(int(headers["content-length"]))
+        body = b""
+        if headers.get("transfer-encoding", "").lower() == "chunked":
+            while size := int(self._take_line().split(b";")[0], 16):
+                body += self._take(size)
+                self._take_line()
+            self._take_line()
+        return status, headers, body

@@ -23,6 +23,7 @@ from apx_harness import (
     ModelSpec,
     ProviderSpec,
     binary_path,
+    dead_processes,
     free_port,
     new_client_key,
 )
@@ -52,6 +53,16 @@ GATEWAY_ENV = {
     "MOCK_OPENAI_KEY": UPSTREAM_OPENAI_KEY,
     "MOCK_ANTHROPIC_KEY": UPSTREAM_ANTHROPIC_KEY,
 }
+
+
+@pytest.fixture(autouse=True)
+def processes_alive():
+    """Fails a test at once, with the process's stderr, when the mock or a
+    gateway died (crashed, or was killed from outside) before it."""
+    dead = dead_processes()
+    if dead:
+        pytest.fail("\n\n".join(dead), pytrace=False)
+    yield
 
 
 @pytest.fixture(scope="session")

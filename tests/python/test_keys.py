@@ -3,12 +3,16 @@ valid one, and that they never travel upstream."""
 
 from __future__ import annotations
 
+import json
+import time
+
 import anthropic
 import httpx
 import openai
 import pytest
 
 from apx_harness import (
+    RawConnection,
     UPSTREAM_ANTHROPIC_KEY,
     UPSTREAM_OPENAI_KEY,
     assert_upstream_credentials,
@@ -119,6 +123,39 @@ def test_every_api_endpoint_needs_a_key(make_openai, make_anthropic, mock):
     with pytest.raises(anthropic.AuthenticationError):
         bad_claude.messages.stream(**MESSAGES_BODY).__enter__()
     assert mock.requests() == []
+
+
+def test_keep_alive_survives_a_401_sent_before_the_body(gateway, client_key, mock):
+    """The gateway answers 401 before reading the body. If it then closes the
+    connection it must say `Connection: close`; otherwise clients (httpx
+    sends the head and the body in separate writes) reuse a connection that
+    is about to close, and their next request fails with "server
+    disconnected"."""
+    body = json.dumps(CHAT_BODY).encode()
+    refused_head, refused_body = RawConnection.request(
+        "/v1/chat/completions", {"Authorization": f"Bearer {new_client_key()}"}, body
+    )
+    with RawConnection(gateway.port) as conn:
+        conn.send(refused_head)
+        status, headers, _ = conn.read_response()
+        assert status == 401
+        if headers.get("connection", "").lower() == "close":
+            return
+        try:
+            conn.send(refused_body)  # the rest of the request, as a client still sends it
+            time.sleep(0.2)
+            accepted = RawConnection.request(
+                "/v1/chat/completions", {"Authorization": f"Bearer {client_key}"}, body
+            )
+            conn.send(b"".join(accepted))
+            status, _, reply = conn.read_response()
+        except OSError as err:
+            pytest.fail(
+                "the gateway closed the keep-alive connection after a 401 sent before the "
+                f"request body, without `Connection: close` ({err!r})"
+            )
+    assert status == 200, reply
+    assert json.loads(reply)["choices"][0]["message"]["content"] == mock_reply("gpt-test", "hi")
 
 
 def test_health_endpoints_need_no_key(gateway):

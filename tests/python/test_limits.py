@@ -3,6 +3,7 @@ max_request_body = 64KiB, max_concurrent_streams = 2)."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import anthropic
@@ -10,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from apx_harness import mock_reply
+from apx_harness import RawConnection, mock_reply
 from conftest import LIMITS_MAX_BODY, LIMITS_MAX_STREAMS
 
 USER = [{"role": "user", "content": "hi"}]
@@ -84,6 +85,34 @@ def test_chunked_body_over_the_limit_is_413(limits_gateway, client_key, mock):
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "request_too_large"
     assert mock.requests() == []
+
+
+def test_keep_alive_survives_a_413_sent_before_the_body(limits_gateway, client_key, mock):
+    """As after a 401: a 413 decided from Content-Length alone must either say
+    `Connection: close` or leave the connection usable."""
+    auth = {"Authorization": f"Bearer {client_key}", "Content-Type": "application/json"}
+    big = json.dumps(
+        {"model": "gpt-test", "messages": [{"role": "user", "content": "x" * LIMITS_MAX_BODY}]}
+    ).encode()
+    refused_head, refused_body = RawConnection.request("/v1/chat/completions", auth, big)
+    with RawConnection(limits_gateway.port) as conn:
+        conn.send(refused_head)
+        status, headers, _ = conn.read_response()
+        assert status == 413
+        if headers.get("connection", "").lower() == "close":
+            return
+        try:
+            conn.send(refused_body)
+            time.sleep(0.2)
+            small = json.dumps({"model": "gpt-test", "messages": USER}).encode()
+            conn.send(b"".join(RawConnection.request("/v1/chat/completions", auth, small)))
+            status, _, reply = conn.read_response()
+        except OSError as err:
+            pytest.fail(
+                "the gateway closed the keep-alive connection after a 413 sent before the "
+                f"request body, without `Connection: close` ({err!r})"
+            )
+    assert status == 200, reply
 
 
 # --- concurrent streams ------------------------------------------------------------
