@@ -308,4 +308,6 @@ fi
 if [ "$NO_START" = 1 ]; then
 	printf 'Start it:  %s start\n' "$RUN"
 fi
-printf 'Try it:    %s call openai "Hello"\n' "$RUN"
+# The first configured provider: `apx call NAME` asks its first model.
+FIRST=$(sed -n 's/^\[providers\.\([A-Za-z0-9_-]*\)\].*/\1/p' "$CONFIG" 2>/dev/null | head -n 1)
+printf 'Try it:    %s call %s "Hello"\n' "$RUN" "${FIRST:-openai}"

@@ -94,7 +94,10 @@ test_install_fresh_rerun_uninstall() {
 	expect "$d/out1" "apx doctor"
 	expect "$d/out1" "apx is running"
 	expect "$d/out1" "is not on your PATH"
-	expect "$d/out1" "Try it:    $d/prefix/bin/apx call openai \"Hello\""
+	expect "$d/out1" "Try it:    $d/prefix/bin/apx call echo \"Hello\""
+	# … and that exact command answers.
+	$env "$d/prefix/bin/apx" call echo "Hello" >"$d/answer0" || fail "the printed next command failed"
+	expect "$d/answer0" "Hello"
 	[ -x "$d/prefix/bin/apx" ] || fail "no binary installed"
 	[ "$(mode_of "$d/home/.config/apx/apx.env")" = 600 ] || fail "apx.env is not 0600"
 	[ "$(mode_of "$d/home/.config/apx/client.key")" = 600 ] || fail "client.key is not 0600"

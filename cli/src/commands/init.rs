@@ -817,19 +817,11 @@ fn summary(answers: &Answers, key: Option<&str>, files: &Files) {
         answers.listen,
         files.config.display()
     );
-    let api = if answers.providers.iter().any(|c| c.kind == "anthropic")
-        && !answers
-            .providers
-            .iter()
-            .any(|c| c.kind == "openai" || c.kind == ECHO)
-    {
-        "anthropic"
-    } else {
-        "openai"
-    };
+    // The first provider's name picks its first model in its own API.
+    let first = answers.providers.first().map_or(ECHO, |c| c.name.as_str());
     println!(
         "\nNext: {}",
-        ui::bold(&format!("apx start && apx call {api} \"Hello\""))
+        ui::bold(&format!("apx start && apx call {first} \"Hello\""))
     );
 }
 

@@ -300,7 +300,9 @@ fn revoke(store: &KeyStore, addr: SocketAddr, key: &str) -> anyhow::Result<()> {
             // with the key itself; wait one reload period of the gateway.
             let running = settle(addr, "apx-probe-not-a-key", false).is_some();
             if running {
+                let spinner = ui::spinner("waiting for the running gateway to reload its keys");
                 std::thread::sleep(Duration::from_millis(1100));
+                spinner.finish_and_clear();
             }
             println!(
                 "{} revoked key {} ({}){}",
