@@ -16,6 +16,10 @@ it, drives scenarios over loopback, and checks the JSON lines:
   vanish       half a request, then RST → partial + peer_eof/read_error
   bighdr       20 KB header value + 400-byte path → truncated flags, still parsed
   continue     Expect: 100-continue → interim 100 + final 200 on one response record
+  sse          SSE-like chunked response: many small chunks written with writev
+               (up to 60 iovecs per call: Python os.writev; hyper: head + 16
+               chunks = 49 iovecs, then bursts of 8 and single chunks with
+               pauses), then a second request on the same connection
   (hyper only) chunked/slow responses: status + end timestamps
 
 Exit 0 if every check passes; prints 'N passed, M failed'.
@@ -52,7 +56,28 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def do_GET(self):
+        if self.path == "/sse":
+            return self._sse()
         self._reply()
+
+    def _sse(self):
+        # Chunked, one writev per group of events, 3 iovecs per chunk (size
+        # line, data, CRLF) like hyper: groups of 20 = 60 iovecs in one call.
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        fd = self.connection.fileno()
+        i = 0
+        for group in SSE_GROUPS:
+            iov = []
+            for _ in range(group):
+                data = sse_event(i)
+                iov += [b"%x\r\n" % len(data), data, b"\r\n"]
+                i += 1
+            os.writev(fd, iov)
+            time.sleep(0.01)
+        os.writev(fd, [b"0\r\n\r\n"])
 
     def do_HEAD(self):
         self._reply()
@@ -71,6 +96,13 @@ class Handler(BaseHTTPRequestHandler):
         else:
             total = len(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
         self._reply(f"got {total}\n".encode())
+
+
+SSE_GROUPS = [1, 20, 5, 1, 1, 12, 1]  # events per writev (10 ms apart)
+
+
+def sse_event(i):
+    return b'event: delta\ndata: {"i":%d,"text":"tok%d"}\n\n' % (i, i)
 
 
 def serve(port):
@@ -203,6 +235,33 @@ def scenario_continue(port, hyper):
     s.close()
 
 
+def recv_until(s, marker, timeout=3.0):
+    s.settimeout(timeout)
+    data = b""
+    try:
+        while marker not in data:
+            b = s.recv(65536)
+            if not b:
+                break
+            data += b
+    except socket.timeout:
+        pass
+    return data
+
+
+SSE_RECEIVED = {}
+
+
+def scenario_sse(port, hyper):
+    s = conn(port)
+    s.sendall(b"GET /sse HTTP/1.1\r\nHost: s\r\nX-Request-Id: sse1\r\nAccept: text/event-stream\r\n\r\n")
+    got = recv_until(s, b"\r\n0\r\n\r\n")
+    SSE_RECEIVED["sse1"] = got
+    s.sendall(b"GET /after-sse HTTP/1.1\r\nHost: s\r\nX-Request-Id: sse2\r\nConnection: close\r\n\r\n")
+    recv_all(s)
+    s.close()
+
+
 def scenario_hyper_bodies(port, hyper):
     s = conn(port)
     s.sendall(b"GET /chunked HTTP/1.1\r\nHost: h\r\nX-Request-Id: hc\r\n\r\n")
@@ -223,6 +282,7 @@ SCENARIOS = [
     scenario_vanish,
     scenario_bighdr,
     scenario_continue,
+    scenario_sse,
 ]
 
 
@@ -373,6 +433,21 @@ def main():
 
     ct = by_rid(lines, "cont1")
     c.check("100-continue: one record, interim counted, final 200", len(ct) == 1 and ct[0].get("response", {}).get("interim") == 1 and ct[0]["response"]["status"] == 200 and "interim" in ct[0]["response"]["flags"], str(ct))
+
+    se, se2 = by_rid(lines, "sse1"), by_rid(lines, "sse2")
+    c.check("sse: one record", len(se) == 1, str(len(se)))
+    if se:
+        r = se[0].get("response", {})
+        f = r.get("flags", [])
+        got = SSE_RECEIVED.get("sse1", b"")
+        c.check("sse: 200, chunked, complete (no partial/parse_budget)", r.get("status") == 200 and "chunked" in f and "partial" not in f and "parse_budget" not in f, str(r))
+        c.check("sse: response bytes = bytes the client received", len(got) > 1000 and r.get("bytes") == len(got), f"{r.get('bytes')} vs {len(got)}")
+        c.check("sse: end after the last pause (>= 60 ms after first byte)", r.get("ts_end_ns", 0) - r.get("ts_first_ns", 0) >= 60_000_000, str(r))
+    c.check(
+        "sse: next request on the connection parsed (seq 1, 200)",
+        len(se2) == 1 and se2[0]["seq"] == 1 and se2[0].get("response", {}).get("status") == 200 and "partial" not in se2[0]["response"].get("flags", []),
+        str(se2),
+    )
 
     if a.hyper:
         hc, hs = by_rid(lines, "hc"), by_rid(lines, "hs")

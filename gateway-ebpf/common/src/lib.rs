@@ -46,8 +46,10 @@ pub const F_NOT_HTTP: u32 = 1 << 4;
 pub const F_PEER_EOF: u32 = 1 << 5;
 /// The record was emitted because the gateway closed the socket.
 pub const F_CLOSED: u32 = 1 << 6;
-/// A single syscall carried more header bytes than the per-syscall parse
-/// budget ([`STEP_BUDGET`]) or more buffers than [`MAX_IOV`]; parsing stopped.
+/// A single syscall needed more parser steps than the per-syscall budget
+/// ([`STEP_BUDGET`]: header / chunk-line bytes plus one step per buffer), or
+/// its memory could not be read; the parser lost its place in the stream and
+/// stopped for that direction of the connection.
 pub const F_BUDGET: u32 = 1 << 7;
 /// The body used chunked transfer coding.
 pub const F_CHUNKED: u32 = 1 << 8;
@@ -87,8 +89,11 @@ pub const EXTRA_SLOTS: usize = 4;
 pub const CRED_SLOTS: usize = 4;
 /// Parser steps (bytes of start line/headers/chunk lines) allowed per syscall.
 pub const STEP_BUDGET: u32 = 16384;
-/// iovecs looked at per readv/writev call.
-pub const MAX_IOV: usize = 16;
+/// iovecs looked at per readv/writev call: UIO_MAXIOV, the most the kernel
+/// accepts, so every buffer of a successful call is seen (each costs one
+/// step of [`STEP_BUDGET`]). hyper writes up to 64 (a chunked response:
+/// 3 per chunk, so a burst of SSE events easily exceeds 16).
+pub const MAX_IOV: usize = 1024;
 
 /// Names of the fixed capture slots, lower case, in slot order.
 pub const FIELD_NAMES: [&str; FIELD_SLOTS - EXTRA_SLOTS] = [

@@ -2,7 +2,8 @@
 //! exercise and benchmark the capture programs:
 //!   cargo run --release --example hyper_server -- 127.0.0.1:38418
 //! GET /... → 200 "ok\n" (Content-Length); /chunked → chunked body;
-//! /slow → headers, then body 50 ms later; POST → echoes the body length.
+//! /slow → headers, then body 50 ms later; /sse → an SSE-like stream of 64
+//! small chunks in bursts and pauses (see `sse`); POST → echoes the body length.
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -24,6 +25,9 @@ async fn handle(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
         let n = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
         return Ok(Response::new(Full::new(Bytes::from(format!("got {n} bytes\n"))).boxed()));
     }
+    if path == "/sse" {
+        return Ok(Response::new(sse().boxed()));
+    }
     if path == "/chunked" || path == "/slow" {
         let slow = path == "/slow";
         let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
@@ -38,6 +42,35 @@ async fn handle(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
         return Ok(Response::new(ChanBody(rx).boxed()));
     }
     Ok(Response::new(Full::new(Bytes::from_static(b"ok\n")).boxed()))
+}
+
+/// Events of the `/sse` stream: 64 small events. The first 24 are queued
+/// before the response is returned, so hyper sends the head and 16 of them
+/// in one writev (3 iovecs per chunk: 49 iovecs); then a pause, bursts of 8
+/// (24 iovecs per writev) with pauses, and single events 5 ms apart — the
+/// shape of a relayed LLM stream.
+fn sse() -> ChanBody {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+    let event = |i: usize| Bytes::from(format!("event: delta\ndata: {{\"i\":{i},\"text\":\"tok{i}\"}}\n\n"));
+    for i in 0..24 {
+        let _ = tx.try_send(event(i));
+    }
+    tokio::spawn(async move {
+        let mut i = 24;
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            for _ in 0..8 {
+                let _ = tx.send(event(i)).await;
+                i += 1;
+            }
+        }
+        while i < 64 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            let _ = tx.send(event(i)).await;
+            i += 1;
+        }
+    });
+    ChanBody(rx)
 }
 
 /// A body fed by a channel: no size hint, so hyper sends it chunked.

@@ -177,7 +177,7 @@ const FLAG_NOTES: [(u32, &str); 12] = [
     (common::F_PEER_EOF, "client closed early"),
     (
         common::F_BUDGET,
-        "header section over the kernel parse budget",
+        "the kernel parser ran out of its per-syscall budget and stopped",
     ),
     (common::F_ADDR_UNKNOWN, "peer address unknown"),
     (common::F_UPGRADE, "protocol upgrade"),
