@@ -438,4 +438,7 @@ def test_compressed_stream_cut_mid_way_raises(oai, mock):
     with pytest.raises(openai.APIError):
         for chunk in stream:
             received.append(chunk)
-    assert len(received) <= 3
+    # The connection is aborted (an SSE error event cannot be injected into a
+    # compressed body); what was relayed before may or may not all be read.
+    assert 1 <= len(received) <= 3
+    assert received[0].choices[0].delta.role == "assistant"
