@@ -20,6 +20,10 @@ use super::record::{CallRecord, Capture as CaptureKind, CredentialSeen};
 
 const POLL_EVERY: Duration = Duration::from_millis(50);
 const COUNTERS_EVERY: Duration = Duration::from_secs(1);
+/// Ring buffer size in bytes, instead of the programs' 2 MiB: a power of two,
+/// at least one page. For tests (a tiny ring to provoke drops) and tuning;
+/// the config has no setting for it.
+pub const RING_BYTES_ENV: &str = "APX_EBPF_RING_BYTES";
 
 /// What the kernel side needs to know about this process.
 pub struct EbpfSettings {
@@ -46,6 +50,7 @@ impl EbpfCapture {
             // Only the gateway's own listener: not the built-in echo
             // provider's, not upstream connections.
             require_listener: true,
+            ringbuf_bytes: ring_bytes_from_env()?,
             ..apx_capture::Config::for_pid(std::process::id())
         };
         let capture = Capture::start(&config).map_err(|err| err.0)?;
@@ -81,6 +86,22 @@ impl Drop for EbpfCapture {
     }
 }
 
+/// The ring buffer size asked for in `RING_BYTES_ENV`, if any.
+fn ring_bytes_from_env() -> Result<Option<u32>, String> {
+    let Ok(text) = std::env::var(RING_BYTES_ENV) else {
+        return Ok(None);
+    };
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    let page = u32::try_from(page).unwrap_or(4096);
+    match text.trim().parse::<u32>() {
+        Ok(bytes) if bytes.is_power_of_two() && bytes >= page => Ok(Some(bytes)),
+        _ => Err(format!(
+            "{RING_BYTES_ENV}={text}: wants a power of two of at least {page} bytes"
+        )),
+    }
+}
+
 /// Header names of the capture slots, in slot order.
 fn slot_names(extra: &[String]) -> Vec<String> {
     common::FIELD_NAMES
@@ -96,12 +117,15 @@ fn drain(mut capture: Capture, sink: LogSink, names: Vec<String>, stop: Arc<Atom
     let mut last_counters = Instant::now();
     loop {
         let stopping = stop.load(Ordering::Relaxed);
-        capture.poll(|record| {
+        let delivered = capture.poll(|record| {
             for exchange in joiner.push(record) {
                 sink.send(Event::Kernel(Box::new(to_call(&exchange, &names, &clock))));
             }
         });
-        if stopping || last_counters.elapsed() >= COUNTERS_EVERY {
+        // The collector stores the counters with each batch it writes: send
+        // them after every delivery, so the stored values account for at
+        // least the records stored with them.
+        if delivered > 0 || stopping || last_counters.elapsed() >= COUNTERS_EVERY {
             last_counters = Instant::now();
             if let Ok(stats) = capture.stats() {
                 sink.send(Event::KernelCounters(vec![
