@@ -255,6 +255,7 @@ def render_config(
     keys: dict[str, str],
     limits: dict[str, Any],
     state_dir: Path | None = None,
+    capture: str | None = None,
 ) -> str:
     lines = [f"listen = {toml_string(f'127.0.0.1:{port}')}", "", "[limits]"]
     for name, value in limits.items():
@@ -278,6 +279,8 @@ def render_config(
     if state_dir is not None:
         # Keep the key store of the machine (/var/lib/apx, ~/.local/share/apx) out of the tests.
         lines += ["", "[storage]", f"dir = {toml_string(str(state_dir))}"]
+    if capture is not None:
+        lines += ["", "[logging]", f"capture = {toml_string(capture)}"]
     return "\n".join(lines) + "\n"
 
 
@@ -294,6 +297,7 @@ class Gateway:
         keys: dict[str, str],
         limits: dict[str, Any],
         env: dict[str, str],
+        capture: str | None = None,
     ):
         self.binary = binary
         self.workdir = workdir
@@ -303,6 +307,7 @@ class Gateway:
         self.keys = keys
         self.limits = limits
         self.env = env
+        self.capture = capture
         self.proc: subprocess.Popen | None = None
         self.port = 0
         self.config_path = workdir / f"{name}.toml"
@@ -341,6 +346,7 @@ class Gateway:
                     self.keys,
                     self.limits,
                     self.state_dir,
+                    self.capture,
                 )
             )
             env = dict(os.environ)

@@ -7,6 +7,7 @@ the repository root; APX_BIN and APX_MOCK_BIN override them.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -47,6 +48,11 @@ BASE_LIMITS = {
     "idle_timeout": "5s",
     "shutdown_grace": "1s",
 }
+
+# Request capture of the gateways under test. User space by default: loading
+# the eBPF programs takes seconds per gateway and the suite is about the HTTP
+# contract. APX_TEST_CAPTURE=auto|ebpf|userspace|off runs it with another mode.
+CAPTURE = os.environ.get("APX_TEST_CAPTURE", "userspace")
 
 # What the gateway's environment holds; the configs only say ${NAME}.
 GATEWAY_ENV = {
@@ -126,6 +132,7 @@ def start_gateway(binaries, workdir, name, providers, models, keys, limits) -> G
             keys=keys,
             limits={**BASE_LIMITS, **limits},
             env=GATEWAY_ENV,
+            capture=CAPTURE,
         )
     except HarnessError as err:
         pytest.fail(str(err), pytrace=False)
