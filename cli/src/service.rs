@@ -51,10 +51,25 @@ pub fn systemd_is_init() -> bool {
     }
 }
 
-/// The manager for `config`: systemd when it is the init and its installed
+/// Whether systemd can run the gateway for this user: as root, systemd is
+/// the init; otherwise the user's own systemd instance must be running too
+/// (it is in a login session, not in `su` shells or containers).
+pub fn systemd_usable() -> bool {
+    if !systemd_is_init() {
+        return false;
+    }
+    if paths::is_root() || std::env::var("APX_SYSTEMD").as_deref() == Ok("1") {
+        return true;
+    }
+    std::env::var_os("XDG_RUNTIME_DIR")
+        .filter(|dir| !dir.is_empty())
+        .is_some_and(|dir| Path::new(&dir).join("systemd/private").exists())
+}
+
+/// The manager for `config`: systemd when it is usable and its installed
 /// unit runs this very config, else the managed daemon.
 pub fn manager_for(config: &Path) -> Manager {
-    if !systemd_is_init() {
+    if !systemd_usable() {
         return Manager::Managed;
     }
     let system = paths::is_root();

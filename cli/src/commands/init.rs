@@ -695,9 +695,11 @@ pub fn run(config_path: &Path, args: Args) -> anyhow::Result<()> {
 fn install_unit(unit: &str, files: &Files, no_systemd: bool) -> anyhow::Result<()> {
     paths::write_atomic(&files.unit_copy, unit.as_bytes(), 0o644)?;
     let root = paths::is_root();
-    if no_systemd || !service::systemd_is_init() {
+    if no_systemd || !service::systemd_usable() {
         let why = if no_systemd {
             "--no-systemd"
+        } else if service::systemd_is_init() {
+            "no systemd user instance runs for this session"
         } else {
             "systemd is not the running init here"
         };
@@ -715,12 +717,22 @@ fn install_unit(unit: &str, files: &Files, no_systemd: bool) -> anyhow::Result<(
     let enabled = service::systemctl(root, &["daemon-reload"])
         .and_then(|_| service::systemctl(root, &["enable", service::UNIT_NAME]));
     match enabled {
-        Ok(_) => println!(
-            "{} installed and enabled {} (systemd{})",
-            ui::green("✓"),
-            target.display(),
-            if root { "" } else { ", user unit" }
-        ),
+        Ok(_) => {
+            println!(
+                "{} installed and enabled {} (systemd{})",
+                ui::green("✓"),
+                target.display(),
+                if root { "" } else { ", user unit" }
+            );
+            if !root {
+                println!(
+                    "  {}",
+                    ui::dim(
+                        "A user unit runs while you are logged in; `loginctl enable-linger` keeps it running after logout."
+                    )
+                );
+            }
+        }
         Err(err) => println!(
             "{} installed {} but could not enable it: {err:#}",
             ui::yellow("!"),

@@ -14,9 +14,9 @@ const BPF_PROG_TYPE_TRACEPOINT: u32 = 5;
 const PERF_TYPE_TRACEPOINT: u32 = 2;
 const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 8;
 /// `_IOW('$', 8, __u32)`
-const PERF_EVENT_IOC_SET_BPF: libc::c_ulong = 0x4004_2408;
+const PERF_EVENT_IOC_SET_BPF: libc::Ioctl = 0x4004_2408;
 /// `_IO('$', 0)`
-const PERF_EVENT_IOC_ENABLE: libc::c_ulong = 0x2400;
+const PERF_EVENT_IOC_ENABLE: libc::Ioctl = 0x2400;
 /// `PERF_ATTR_SIZE_VER1`: up to and including `config2`.
 const PERF_ATTR_SIZE: usize = 72;
 pub const TRACEPOINT: &str = "syscalls/sys_enter_write";
