@@ -508,7 +508,7 @@ fn port_check(listen: Option<std::net::SocketAddr>) -> Check {
         .ok()
         .and_then(|rt| {
             rt.block_on(async {
-                tokio::time::timeout(Duration::from_secs(2), client.get_json("/healthz")).await
+                tokio::time::timeout(Duration::from_millis(700), client.get_json("/healthz")).await
             })
             .ok()
         })
