@@ -580,8 +580,20 @@ fn render(
             system: paths::is_root(),
             stop_timeout_secs: parsed.limits.shutdown_grace.0.as_secs() + 10,
         })
+        .map_err(|err| {
+            eprintln!(
+                "{} no systemd unit: {err}; `apx start` runs a managed daemon",
+                ui::err_red("!")
+            );
+        })
         .ok(),
-        Err(_) => None,
+        Err(err) => {
+            eprintln!(
+                "{} no systemd unit: cannot find the apx binary ({err})",
+                ui::err_red("!")
+            );
+            None
+        }
     };
     Ok(Rendered {
         config,
