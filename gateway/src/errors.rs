@@ -82,6 +82,17 @@ impl GatewayError {
         }
     }
 
+    /// Errors answered before the request body was read to its end.
+    pub fn leaves_body_unread(&self) -> bool {
+        matches!(
+            self,
+            GatewayError::Unauthenticated(_)
+                | GatewayError::BodyTooLarge { .. }
+                | GatewayError::BodyTimeout(_)
+                | GatewayError::BodyRead(_)
+        )
+    }
+
     /// A short stable name for logs (`model_not_found`, `upstream_timeout`, …).
     pub fn code(&self) -> &'static str {
         let (kind, code) = self.openai_type_and_code();

@@ -148,3 +148,25 @@ async fn garbage_on_the_port_does_not_hurt_the_gateway() {
     let ok = post(&gw, "/v1/chat/completions", &chat("gpt-test", false), &[]).await;
     assert_eq!(ok.status, 200);
 }
+
+#[tokio::test]
+async fn an_early_error_before_the_body_says_connection_close() {
+    let gw = TestGateway::start(SMALL_LIMITS).await;
+    let body = chat("gpt-test", false);
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer apx-wrong\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    let answer = raw_exchange(&gw, &[head.as_bytes()], Duration::ZERO, Duration::from_millis(300)).await;
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
+    // A request answered after its body was read keeps the connection.
+    let ok = raw_exchange(
+        &gw,
+        &[format!("GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes()],
+        Duration::ZERO,
+        Duration::from_millis(300),
+    )
+    .await;
+    assert!(!ok.to_ascii_lowercase().contains("connection: close"), "{ok}");
+}

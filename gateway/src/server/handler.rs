@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
-use hyper::body::Incoming;
+use hyper::body::{Body, Incoming};
 
 use super::health;
 use crate::api::{ApiFlavor, Endpoint, NoEndpoint, flavor_of_unmatched};
@@ -38,6 +38,11 @@ async fn respond(
     request: Request<Incoming>,
     facts: &mut GatewayFacts,
 ) -> Response<ResponseBody> {
+    // An HTTP/1 request whose body is left unread (answered before it was
+    // read) leaves the connection unusable: say so with `Connection: close`
+    // instead of letting the client's next request on it fail.
+    let unread_body_closes =
+        request.version() <= http::Version::HTTP_11 && !request.body().is_end_stream();
     let endpoint = match Endpoint::recognize(request.method(), request.uri().path()) {
         Ok(endpoint) => endpoint,
         Err(reason) => {
@@ -52,7 +57,11 @@ async fn respond(
                     GatewayError::MethodNotAllowed { path, allowed }
                 }
             };
-            return error_response(&err, flavor);
+            let mut response = error_response(&err, flavor);
+            if unread_body_closes {
+                close_connection(&mut response);
+            }
+            return response;
         }
     };
     let flavor = match endpoint {
@@ -70,8 +79,18 @@ async fn respond(
     };
     result.unwrap_or_else(|err| {
         facts.error = Some(err.code());
-        error_response(&err, flavor)
+        let mut response = error_response(&err, flavor);
+        if unread_body_closes && err.leaves_body_unread() {
+            close_connection(&mut response);
+        }
+        response
     })
+}
+
+fn close_connection(response: &mut Response<ResponseBody>) {
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
 }
 
 fn list_models(
