@@ -79,6 +79,9 @@ enum Command {
     /// List the models the gateway serves.
     #[command(after_help = commands::models::HELP)]
     Models(commands::models::Args),
+    /// Show recorded calls: filter, follow, JSON lines.
+    #[command(after_help = commands::logs::HELP)]
+    Logs(commands::logs::Args),
     /// Create, list and revoke gateway keys.
     #[command(subcommand, after_help = commands::keys::HELP)]
     Keys(commands::keys::Command),
@@ -114,6 +117,7 @@ fn main() -> ExitCode {
         Command::Status(args) => commands::lifecycle::status(&config_path, args),
         Command::Call(args) => commands::call::run(&config_path, args),
         Command::Models(args) => commands::models::run(&config_path, args),
+        Command::Logs(args) => commands::logs::run(&config_path, args),
         Command::Keys(command) => commands::keys::run(&config_path, command),
         Command::Completions(args) => commands::completions::run(Cli::command(), args),
         Command::Serve(args) => commands::serve::run(&config_path, args),

@@ -33,6 +33,9 @@ pub struct Gateway {
 pub struct Stats {
     pub requests_total: AtomicU64,
     pub requests_in_flight: AtomicU64,
+    /// Times the key ring was reloaded from the key store; `apx keys` watches
+    /// it to confirm a change reached the running gateway.
+    pub key_reloads: AtomicU64,
 }
 
 /// Counts a request as in flight until dropped.

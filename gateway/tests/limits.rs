@@ -157,9 +157,18 @@ async fn an_early_error_before_the_body_says_connection_close() {
         "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer apx-wrong\r\ncontent-length: {}\r\n\r\n",
         body.len()
     );
-    let answer = raw_exchange(&gw, &[head.as_bytes()], Duration::ZERO, Duration::from_millis(300)).await;
+    let answer = raw_exchange(
+        &gw,
+        &[head.as_bytes()],
+        Duration::ZERO,
+        Duration::from_millis(300),
+    )
+    .await;
     assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
-    assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
     // A request answered after its body was read keeps the connection.
     let ok = raw_exchange(
         &gw,
@@ -168,5 +177,8 @@ async fn an_early_error_before_the_body_says_connection_close() {
         Duration::from_millis(300),
     )
     .await;
-    assert!(!ok.to_ascii_lowercase().contains("connection: close"), "{ok}");
+    assert!(
+        !ok.to_ascii_lowercase().contains("connection: close"),
+        "{ok}"
+    );
 }

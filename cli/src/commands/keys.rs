@@ -293,15 +293,38 @@ fn list(
     Ok(())
 }
 
+/// The running gateway's key-ring reload counter (`/apx/status`), `None`
+/// when no gateway answers.
+fn key_reloads(addr: SocketAddr) -> Option<u64> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?;
+    let client = Client::new(addr, None);
+    let answer = runtime.block_on(async {
+        tokio::time::timeout(Duration::from_secs(2), client.get_json("/apx/status")).await
+    });
+    match answer {
+        Ok(Ok((status, body))) if status.is_success() => body.get("key_reloads")?.as_u64(),
+        _ => None,
+    }
+}
+
 fn revoke(store: &KeyStore, addr: SocketAddr, key: &str) -> anyhow::Result<()> {
+    let reloads_before = key_reloads(addr);
     match store.revoke(key) {
         Ok(revoked) => {
             // Only the hash is stored, so the refusal cannot be observed
-            // with the key itself; wait one reload period of the gateway.
-            let running = settle(addr, "apx-probe-not-a-key", false).is_some();
-            if running {
+            // with the key itself: wait until the gateway reloaded its keys.
+            let running = reloads_before.is_some();
+            if let Some(before) = reloads_before {
                 let spinner = ui::spinner("waiting for the running gateway to reload its keys");
-                std::thread::sleep(Duration::from_millis(1100));
+                let deadline = Instant::now() + Duration::from_secs(3);
+                while key_reloads(addr).is_some_and(|now| now <= before)
+                    && Instant::now() < deadline
+                {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
                 spinner.finish_and_clear();
             }
             println!(

@@ -78,14 +78,25 @@ pub fn run(config_path: &Path, args: Args) -> anyhow::Result<()> {
     }
     let now = SystemTime::now();
     let query = LogQuery {
-        since_ns: args.since.as_deref().map(|t| parse_when(t, now)).transpose()?,
-        until_ns: args.until.as_deref().map(|t| parse_when(t, now)).transpose()?,
+        since_ns: args
+            .since
+            .as_deref()
+            .map(|t| parse_when(t, now))
+            .transpose()?,
+        until_ns: args
+            .until
+            .as_deref()
+            .map(|t| parse_when(t, now))
+            .transpose()?,
         status: args
             .status
             .as_deref()
             .map(|s| {
                 StatusFilter::parse(s).ok_or_else(|| {
-                    Failure::new(exit::USAGE, format!("`{s}` is not a status (use e.g. 429 or 5xx)"))
+                    Failure::new(
+                        exit::USAGE,
+                        format!("`{s}` is not a status (use e.g. 429 or 5xx)"),
+                    )
                 })
             })
             .transpose()?,
@@ -167,7 +178,9 @@ fn table_line(record: &CallRecord) -> String {
             output.map_or("-".into(), |n| n.to_string())
         ),
     };
-    let millis = record.duration_ms.map_or("-".to_string(), |ms| format!("{ms:.1}"));
+    let millis = record
+        .duration_ms
+        .map_or("-".to_string(), |ms| format!("{ms:.1}"));
     let mut capture = record.capture.map_or("?", |c| c.name()).to_string();
     if record.partial {
         capture.push_str(" partial");

@@ -4,6 +4,7 @@ pub mod doctor;
 pub mod init;
 pub mod keys;
 pub mod lifecycle;
+pub mod logs;
 pub mod models;
 pub mod paths;
 pub mod serve;

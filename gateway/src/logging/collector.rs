@@ -155,7 +155,12 @@ impl Collector {
                 Ok(Event::Call(record, None)) => self.push(*record),
                 Ok(Event::Call(record, Some(key))) => self.gateway_half(key, record),
                 Ok(Event::Kernel(call)) => self.kernel_half(call),
-                Ok(Event::KernelCounters(values)) => self.kernel_counters = values,
+                Ok(Event::KernelCounters(values)) => {
+                    if values != self.kernel_counters {
+                        self.kernel_counters = values;
+                        self.store_counters();
+                    }
+                }
                 Ok(Event::Flush(ack)) => {
                     self.expire(true);
                     self.write();

@@ -37,6 +37,7 @@ pub fn status(gateway: &Gateway) -> (StatusCode, Bytes) {
         "streams_active": streams_active,
         "models": gateway.routes.iter().count(),
         "keys": gateway.keys.len(),
+        "key_reloads": gateway.stats.key_reloads.load(Ordering::Relaxed),
     });
     (StatusCode::OK, Bytes::from(body.to_string()))
 }
