@@ -172,7 +172,7 @@ async fn an_early_error_before_the_body_says_connection_close() {
     // A request answered after its body was read keeps the connection.
     let ok = raw_exchange(
         &gw,
-        &[format!("GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes()],
+        &[b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n"],
         Duration::ZERO,
         Duration::from_millis(300),
     )
