@@ -69,8 +69,10 @@ P99_ADDED_MAX_US = 300.0  # apx p99 - direct p99 at 16 connections
 P99_CONNS = 16
 TTFC_ADDED_MAX_US = 200.0  # apx median TTFC - direct median TTFC
 RSS_MAX_KIB = 20 * 1024  # apx VmHWM after the whole run
-NODELAY_P50_MAX_US = 1000.0
-OTHER_LOAD_WARN = 0.15  # cores used by processes outside the bench during a cell  # 1-connection p50: delayed-ACK stalls show as ~40 ms
+NODELAY_P50_MAX_US = 1000.0  # 1-connection p50: delayed-ACK stalls show as ~40 ms
+# A cell during which processes outside the bench used more CPU than this
+# (cores) is marked as untrustworthy.
+OTHER_LOAD_WARN = 0.15
 
 
 def log(msg: str) -> None:
@@ -99,13 +101,13 @@ def wait_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 15.
     raise RuntimeError(f"{what} did not listen on port {port} within {timeout}s")
 
 
-def proc_stat_ticks(pid: int) -> int:
-    """utime + stime of a whole process (all its threads, live and exited)."""
+def proc_stat_ticks(pid: int) -> tuple[int, int]:
+    """(utime, stime) of a whole process (all its threads, live and exited)."""
     with open(f"/proc/{pid}/stat") as f:
         data = f.read()
     fields = data[data.rindex(")") + 2 :].split()
     # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
-    return int(fields[11]) + int(fields[12])
+    return int(fields[11]), int(fields[12])
 
 
 def proc_status_kib(pid: int, key: str) -> int:
@@ -145,14 +147,20 @@ class Server:
             return [self.proc.pid] + children_of(self.proc.pid)
         return [self.proc.pid]
 
-    def cpu_seconds(self) -> float:
-        total = 0
+    def cpu_split(self) -> tuple[float, float]:
+        """(user, system) CPU seconds of the process tree."""
+        user = system = 0
         for pid in self.pids():
             try:
-                total += proc_stat_ticks(pid)
+                u, s = proc_stat_ticks(pid)
             except OSError:
-                pass
-        return total / CLK_TCK
+                continue
+            user += u
+            system += s
+        return user / CLK_TCK, system / CLK_TCK
+
+    def cpu_seconds(self) -> float:
+        return sum(self.cpu_split())
 
     def kib(self, key: str) -> int:
         """Sum over the process tree of a /proc status field (VmRSS, VmHWM)."""
@@ -316,12 +324,13 @@ def run_wrk(port: int, target: str, conns: int, seconds: int, threads: int,
     raise RuntimeError(f"wrk gave no result (exit {out.returncode}): {out.stdout}{out.stderr}")
 
 
-def system_busy_seconds() -> float:
-    """CPU time all cores spent busy (not idle or iowait), from /proc/stat."""
+def system_busy_seconds() -> tuple[float, float]:
+    """(busy, steal): CPU time all cores spent running something (not idle,
+    iowait or stolen by the hypervisor), and time stolen, from /proc/stat."""
     with open("/proc/stat") as f:
         fields = [int(x) for x in f.readline().split()[1:9]]
     user, nice, system, _idle, _iowait, irq, softirq, steal = fields
-    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+    return (user + nice + system + irq + softirq) / CLK_TCK, steal / CLK_TCK
 
 
 def children_cpu_seconds() -> float:
@@ -338,15 +347,17 @@ def load_cell(args, target: str, port: int, conns: int, proxy: Server | None,
         run_wrk(port, target, conns, args.warmup, args.wrk_threads, pace_ms)
     sampler = RssSampler(proxy)
     sampler.start()
-    cpu0 = proxy.cpu_seconds() if proxy else 0.0
+    split0 = proxy.cpu_split() if proxy else (0.0, 0.0)
+    cpu0 = sum(split0)
     mock0 = mock.cpu_seconds()
-    busy0, wrk0, self0 = system_busy_seconds(), children_cpu_seconds(), time.process_time()
+    (busy0, steal0), wrk0, self0 = system_busy_seconds(), children_cpu_seconds(), time.process_time()
     t0 = time.monotonic()
     res = run_wrk(port, target, conns, args.duration, args.wrk_threads, pace_ms)
     wall = time.monotonic() - t0
-    cpu1 = proxy.cpu_seconds() if proxy else 0.0
+    split1 = proxy.cpu_split() if proxy else (0.0, 0.0)
+    cpu1 = sum(split1)
     mock1 = mock.cpu_seconds()
-    busy1, wrk1, self1 = system_busy_seconds(), children_cpu_seconds(), time.process_time()
+    (busy1, steal1), wrk1, self1 = system_busy_seconds(), children_cpu_seconds(), time.process_time()
     rss_peak = sampler.finish()
     n = max(res["requests"], 1)
     errors = sum(res[k] for k in res if k.startswith("errors_"))
@@ -369,35 +380,47 @@ def load_cell(args, target: str, port: int, conns: int, proxy: Server | None,
         "mock_cpu_us_per_req": (mock1 - mock0) * 1e6 / n,
         "wrk_cpu_util": (wrk1 - wrk0) / wall,
         "other_cpu_util": max(foreign, 0.0) / wall,
+        "steal_cpu_util": (steal1 - steal0) / wall,
         "wall_s": wall,
         "wrk": res,
     }
     if proxy:
         row["proxy_cpu_s"] = cpu1 - cpu0
         row["proxy_cpu_us_per_req"] = (cpu1 - cpu0) * 1e6 / n
+        row["proxy_user_us_per_req"] = (split1[0] - split0[0]) * 1e6 / n
+        row["proxy_sys_us_per_req"] = (split1[1] - split0[1]) * 1e6 / n
         row["proxy_cpu_util"] = (cpu1 - cpu0) / wall  # in cores
         row["proxy_rss_load_kib"] = rss_peak
     log(
         f"{target:>22} c={conns:<3}{f' paced {pace_ms}ms' if pace_ms else ''} {row['rps']:>9.0f} req/s  p50 {row['p50_us']}us "
         f"p99 {row['p99_us']}us  cpu/req "
         f"{row.get('proxy_cpu_us_per_req', row['mock_cpu_us_per_req']):.1f}us  "
-        f"other load {row['other_cpu_util']:.2f} cores  errors {errors}"
+        f"other load {row['other_cpu_util']:.2f} cores  steal {row['steal_cpu_util']:.2f}  "
+        f"errors {errors}"
     )
     return row
 
 
-def median_row(runs: list[dict]) -> dict:
-    """One row per cell: the median of each number over the repetitions."""
-    if len(runs) == 1:
-        return dict(runs[0], repeats=1)
+def noisy_cell(row: dict) -> bool:
+    """Did other processes (or the hypervisor) take CPU during this cell?"""
+    return row["other_cpu_util"] + row.get("steal_cpu_util", 0.0) > OTHER_LOAD_WARN
+
+
+def median_row(all_runs: list[dict]) -> dict:
+    """One row per cell: the median of each number over the repetitions,
+    counting only the runs without other load when there are any."""
+    quiet = [r for r in all_runs if not noisy_cell(r)]
+    runs = quiet or all_runs
+    if len(all_runs) == 1:
+        return dict(all_runs[0], repeats=1, used_runs=1)
     row = {"target": runs[0]["target"], "conns": runs[0]["conns"],
-           "pace_ms": runs[0]["pace_ms"], "repeats": len(runs)}
+           "pace_ms": runs[0]["pace_ms"], "repeats": len(all_runs), "used_runs": len(runs)}
     for key, value in runs[0].items():
         if key in row or not isinstance(value, (int, float)):
             continue
         row[key] = statistics.median(r[key] for r in runs)
-    row["errors"] = sum(r["errors"] for r in runs)
-    row["runs"] = runs
+    row["errors"] = sum(r["errors"] for r in all_runs)
+    row["runs"] = all_runs
     return row
 
 
@@ -450,47 +473,74 @@ def read_response(sock: socket.socket, buf: bytearray) -> tuple[int | None, byte
     return first_ns, buf
 
 
-def ttfc(target: str, port: int, n: int, warmup: int, words: int) -> dict:
-    """Median/p99 time from sending a stream request to holding its first body
-    chunk, over n sequential requests on one kept-alive connection."""
-    lines = [
-        f"POST {PATH} HTTP/1.1",
-        f"Host: 127.0.0.1:{port}",
-        "Content-Type: application/json",
-        "Accept: text/event-stream",
-        f"Content-Length: {len(STREAM_BODY)}",
-        f"x-mock-scenario: words:{words}",
-    ]
-    auth = auth_for(target)
-    if auth:
-        lines.append(f"Authorization: {auth}")
-    request = ("\r\n".join(lines) + "\r\n\r\n" + STREAM_BODY).encode()
-    sock = socket.create_connection(("127.0.0.1", port))
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    buf = bytearray()
-    samples = []
-    try:
-        for i in range(warmup + n):
+class TtfcClient:
+    """Sends stream requests over one kept-alive connection and times each
+    from sending the request to holding its first body chunk."""
+
+    def __init__(self, target: str, port: int, words: int):
+        self.target = target
+        lines = [
+            f"POST {PATH} HTTP/1.1",
+            f"Host: 127.0.0.1:{port}",
+            "Content-Type: application/json",
+            "Accept: text/event-stream",
+            f"Content-Length: {len(STREAM_BODY)}",
+            f"x-mock-scenario: words:{words}",
+        ]
+        auth = auth_for(target)
+        if auth:
+            lines.append(f"Authorization: {auth}")
+        self.request = ("\r\n".join(lines) + "\r\n\r\n" + STREAM_BODY).encode()
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = bytearray()
+        self.samples: list[float] = []
+
+    def run(self, count: int, keep: bool = True) -> None:
+        for _ in range(count):
             t0 = time.perf_counter_ns()
-            sock.sendall(request)
-            first_ns, buf = read_response(sock, buf)
+            self.sock.sendall(self.request)
+            first_ns, self.buf = read_response(self.sock, self.buf)
             if first_ns is None:
-                raise RuntimeError(f"{target}: stream had no body")
-            if i >= warmup:
-                samples.append((first_ns - t0) / 1000.0)
+                raise RuntimeError(f"{self.target}: stream had no body")
+            if keep:
+                self.samples.append((first_ns - t0) / 1000.0)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def summary(self) -> dict:
+        samples = sorted(self.samples)
+        row = {
+            "target": self.target,
+            "n": len(samples),
+            "median_us": statistics.median(samples),
+            "p99_us": samples[max(0, min(len(samples) - 1, int(round(0.99 * len(samples))) - 1))],
+            "min_us": samples[0],
+            "max_us": samples[-1],
+        }
+        log(f"{self.target:>22} ttfc median {row['median_us']:.0f}us p99 {row['p99_us']:.0f}us")
+        return row
+
+
+def ttfc_all(targets: list[tuple[str, int]], n: int, words: int, rounds: int = 5) -> list[dict]:
+    """n samples per target, taken in interleaved rounds so that a burst of
+    background load hits every target alike."""
+    clients = [TtfcClient(name, port, words) for name, port in targets]
+    try:
+        for c in clients:
+            c.run(20, keep=False)  # warm-up: connections, pools, caches
+        per_round = max(1, n // rounds)
+        done = 0
+        while done < n:
+            count = min(per_round, n - done)
+            for c in clients:
+                c.run(count)
+            done += count
+        return [c.summary() for c in clients]
     finally:
-        sock.close()
-    samples.sort()
-    row = {
-        "target": target,
-        "n": n,
-        "median_us": statistics.median(samples),
-        "p99_us": samples[min(len(samples) - 1, int(round(0.99 * len(samples))) - 1)],
-        "min_us": samples[0],
-        "max_us": samples[-1],
-    }
-    log(f"{target:>22} ttfc median {row['median_us']:.0f}us p99 {row['p99_us']:.0f}us")
-    return row
+        for c in clients:
+            c.close()
 
 
 # ---------------------------------------------------------------- profiling
@@ -509,18 +559,19 @@ def perf_reports(data: Path, out_dir: Path, prefix: str) -> dict:
             ["perf", "report", "-i", str(data), "--stdio", "--percent-limit", "0.5", *extra],
             capture_output=True, text=True,
         )
-        text = "\n".join(l for l in out.stdout.splitlines() if l.strip() and not l.startswith("#"))
+        text = "\n".join(re.sub(r"(\s+-)*\s*$", "", l) for l in out.stdout.splitlines()
+                         if l.strip() and not l.startswith("#"))
         path = out_dir / f"{prefix}-{name}.txt"
         path.write_text(text + "\n")
         reports[name] = str(path)
     return reports
 
 
-def perf_record(pid: int, tmp: Path, name: str) -> tuple[subprocess.Popen, Path]:
+def perf_record(pids: list[int], tmp: Path, name: str) -> tuple[subprocess.Popen, Path]:
     data = tmp / f"{name}.perf.data"
     proc = subprocess.Popen(
-        ["perf", "record", "-e", "cpu-clock", "-F", "499", "--call-graph", "dwarf,16384",
-         "-o", str(data), "-p", str(pid)],
+        ["perf", "record", "-e", "cpu-clock", "-F", "999", "--call-graph", "dwarf,16384",
+         "-o", str(data), "-p", ",".join(str(p) for p in pids)],
         stdout=subprocess.DEVNULL,
         stderr=open(tmp / f"{name}.perf-record.log", "w"),
     )
@@ -533,9 +584,11 @@ def perf_stop(proc: subprocess.Popen) -> None:
     proc.wait(timeout=120)
 
 
-def profile_apx(args, apx_bin: Path, variant: Path, tmp: Path, mock: Server, out_dir: Path) -> dict:
-    """perf record (cpu-clock, DWARF call graphs) of apx, and of the mock
-    when its profiling build exists, under 16-connection load."""
+def profile_apx(args, apx_bin: Path, variant: Path, tmp: Path, mock: Server,
+                nginx: Server | None, out_dir: Path) -> dict:
+    """perf record (cpu-clock, DWARF call graphs) under 16-connection load of
+    apx, of nginx (for comparison) and of the mock when its profiling build
+    exists."""
     if not shutil.which("perf"):
         return {"error": "perf not installed (apt-get install linux-perf)"}
     result: dict = {"binary": str(apx_bin), "variant": variant.stem, "conns": P99_CONNS}
@@ -543,7 +596,7 @@ def profile_apx(args, apx_bin: Path, variant: Path, tmp: Path, mock: Server, out
     try:
         sanity_check("apx", server.port)
         run_wrk(server.port, "apx", P99_CONNS, max(args.warmup, 1), args.wrk_threads)
-        perf, data = perf_record(server.proc.pid, tmp, "apx")
+        perf, data = perf_record([server.proc.pid], tmp, "apx")
         res = run_wrk(server.port, "apx", P99_CONNS, args.duration, args.wrk_threads)
         perf_stop(perf)
         result["requests"] = res["requests"]
@@ -556,12 +609,18 @@ def profile_apx(args, apx_bin: Path, variant: Path, tmp: Path, mock: Server, out
         pmock = start_mock(apx_bin.parent, tmp)
         try:
             run_wrk(pmock.port, "direct", P99_CONNS, max(args.warmup, 1), args.wrk_threads)
-            perf, data = perf_record(pmock.proc.pid, tmp, "mock")
+            perf, data = perf_record([pmock.proc.pid], tmp, "mock")
             run_wrk(pmock.port, "direct", P99_CONNS, args.duration, args.wrk_threads)
             perf_stop(perf)
         finally:
             pmock.stop()
         result["mock"] = perf_reports(data, out_dir, "perf-mock")
+    if nginx is not None:
+        run_wrk(nginx.port, "nginx", P99_CONNS, max(args.warmup, 1), args.wrk_threads)
+        perf, data = perf_record(nginx.pids(), tmp, "nginx")
+        run_wrk(nginx.port, "nginx", P99_CONNS, args.duration, args.wrk_threads)
+        perf_stop(perf)
+        result["nginx"] = perf_reports(data, out_dir, "perf-nginx")
     return result
 
 
@@ -585,11 +644,12 @@ def report(results: dict) -> str:
     st = results["settings"]
     out.append("### Load: POST /v1/chat/completions (non-streaming), wrk "
                f"{st['duration_s']} s per cell after {st['warmup_s']} s warm-up"
-               + (f", median of {st['repeat']} runs" if st["repeat"] > 1 else "") + "\n")
+               + (f", median of {st['repeat']} runs (of the runs without other load, when "
+                  "there are some)" if st["repeat"] > 1 else "") + "\n")
     out.append("| target | conns | req/s | p50 | p99 | p99 added vs direct | proxy CPU/req "
-               "| proxy CPU (cores) | mock CPU/req | proxy RSS under load | other load (cores) "
+               "| (user + sys) | proxy CPU (cores) | mock CPU/req | proxy RSS under load | other load (cores) "
                "| errors |")
-    out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         d = direct.get((r["conns"], r["pace_ms"]))
         added = None if r["target"] == "direct" or d is None else r["p99_us"] - d["p99_us"]
@@ -599,21 +659,27 @@ def report(results: dict) -> str:
             f"{r['rps']:.0f}", us(r["p50_us"]), us(r["p99_us"]),
             "-" if added is None else us(added),
             "-" if cpu is None else f"{cpu:.1f} µs",
+            "-" if cpu is None else
+            f"{r['proxy_user_us_per_req']:.1f} + {r['proxy_sys_us_per_req']:.1f}",
             "-" if cpu is None else f"{r['proxy_cpu_util']:.2f}",
             f"{r['mock_cpu_us_per_req']:.1f} µs",
             mib(r.get("proxy_rss_load_kib")),
-            f"{r['other_cpu_util']:.2f}" + (" ⚠" if r["other_cpu_util"] > OTHER_LOAD_WARN else ""),
+            f"{r['other_cpu_util']:.2f}"
+            + (f" +{r['steal_cpu_util']:.2f} stolen" if r.get("steal_cpu_util", 0) >= 0.05 else "")
+            + (" ⚠" if noisy_cell(r) else ""),
             str(r["errors"]),
         ]
         out.append("| " + " | ".join(cells) + " |")
-    noisy = [r for r in rows if r["other_cpu_util"] > OTHER_LOAD_WARN]
+    noisy = [r for r in rows if noisy_cell(r)]
     if noisy:
-        out.append(f"\n⚠ Other processes used more than {OTHER_LOAD_WARN} cores during "
+        out.append(f"\n⚠ Other processes (or the hypervisor) took more than {OTHER_LOAD_WARN} "
+                   f"cores during "
                    f"{len(noisy)} of {len(rows)} cells: their latencies and rates are not "
                    "trustworthy; rerun on a quiet machine.")
     out.append("")
     out.append(f"### Streaming time to first chunk ({results['settings']['ttfc_n']} sequential "
-               "stream requests on one kept-alive connection)\n")
+               "stream requests per target on one kept-alive connection, targets interleaved "
+               "in 5 rounds)\n")
     out.append("| target | median | p99 | min | median added vs direct |")
     out.append("|---|---:|---:|---:|---:|")
     t_direct = next((t for t in results["ttfc"] if t["target"] == "direct"), None)
@@ -848,9 +914,8 @@ def main() -> int:
                         cells.setdefault((name, P99_CONNS, args.paced_ms), []).append(
                             load_cell(args, name, port, P99_CONNS, server, mock, args.paced_ms))
             results["load"] = [median_row(runs) for runs in cells.values()]
-            for name, server in targets:
-                results["ttfc"].append(
-                    ttfc(name, (server or mock).port, args.ttfc_n, 20, args.ttfc_words))
+            results["ttfc"] = ttfc_all([(name, (server or mock).port) for name, server in targets],
+                                       args.ttfc_n, args.ttfc_words)
             for name, server in targets:
                 s = server or mock
                 results["memory"][name if server else "mock"] = {
@@ -861,8 +926,9 @@ def main() -> int:
             if args.profile:
                 prof_bin = args.profile_bin_dir / "apx"
                 if prof_bin.exists():
-                    results["profile"] = profile_apx(args, prof_bin, variants[0], tmp, mock,
-                                                     out_path.parent)
+                    results["profile"] = profile_apx(
+                        args, prof_bin, variants[0], tmp, mock,
+                        None if args.no_nginx else nginx, out_path.parent)
                 else:
                     results["profile"] = {"error": f"missing {prof_bin}"}
         finally:
@@ -889,6 +955,10 @@ def main() -> int:
             print("\n".join(Path(prof["dso"]).read_text().splitlines()[:10]))
             print("```")
             print(f"Full reports: {prof['flat']}, {prof['children']}, {prof['callers']}")
+            if "nginx" in prof:
+                print("nginx by binary, same load:\n```")
+                print("\n".join(Path(prof["nginx"]["dso"]).read_text().splitlines()[:6]))
+                print("```")
             if "mock" in prof:
                 print(f"Mock upstream profile: {prof['mock']['flat']}")
     print(f"\nJSON: {out_path} (bench took {results['elapsed_s']:.0f} s)")
