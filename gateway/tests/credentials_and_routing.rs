@@ -351,3 +351,28 @@ async fn reaches_status(gw: &TestGateway, auth: &[(&str, String)], status: u16) 
     }
     false
 }
+
+#[tokio::test]
+async fn http2_clients_are_served_too() {
+    use http_body_util::BodyExt;
+    let gw = TestGateway::start("").await;
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let request = http::Request::post(gw.url("/v1/chat/completions"))
+        .header("authorization", format!("Bearer {CLIENT_KEY}"))
+        .body(http_body_util::Full::new(bytes::Bytes::from(chat(
+            "gpt-test", true,
+        ))))
+        .unwrap();
+    let response = h2.request(request).await.unwrap();
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    assert_eq!(response.status(), 200);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&body).ends_with("data: [DONE]\n\n"));
+    let upstream = &gw.mock.requests()[0];
+    assert_eq!(
+        upstream.header("authorization"),
+        Some(format!("Bearer {OPENAI_UPSTREAM_KEY}").as_str())
+    );
+}
