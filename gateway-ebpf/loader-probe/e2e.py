@@ -16,6 +16,10 @@ it, drives scenarios over loopback, and checks the JSON lines:
   vanish       half a request, then RST → partial + peer_eof/read_error
   bighdr       20 KB header value + 400-byte path → truncated flags, still parsed
   continue     Expect: 100-continue → interim 100 + final 200 on one response record
+  words        header values (1..140 bytes) and targets (2..281) of many lengths
+               and alignments, some with a tab or non-ASCII bytes: captured
+               values, paths and credential fingerprints (SipHash computed
+               here) exact whatever the mix of the parser's 8-byte and 1-byte paths
   sse          SSE-like chunked response: many small chunks written with writev
                (up to 60 iovecs per call: Python os.writev; hyper: head + 16
                chunks = 49 iovecs, then bursts of 8 and single chunks with
@@ -251,6 +255,58 @@ def recv_until(s, marker, timeout=3.0):
 
 SSE_RECEIVED = {}
 
+TEST_KEY = b"apx-fp-test-key!"  # common::TEST_KEY, the probe's default key
+WORD_LENGTHS = [1, 2, 7, 8, 9, 15, 16, 17, 23, 24, 25, 63, 64, 65, 116, 117, 118, 123, 124, 125, 131, 140]
+
+
+def siphash24(key, data):
+    mask = (1 << 64) - 1
+    rotl = lambda x, b: ((x << b) | (x >> (64 - b))) & mask
+    k0, k1 = struct.unpack("<QQ", key)
+    v = [k0 ^ 0x736F6D6570736575, k1 ^ 0x646F72616E646F6D, k0 ^ 0x6C7967656E657261, k1 ^ 0x7465646279746573]
+
+    def rnd():
+        v[0] = (v[0] + v[1]) & mask; v[1] = rotl(v[1], 13) ^ v[0]; v[0] = rotl(v[0], 32)
+        v[2] = (v[2] + v[3]) & mask; v[3] = rotl(v[3], 16) ^ v[2]
+        v[0] = (v[0] + v[3]) & mask; v[3] = rotl(v[3], 21) ^ v[0]
+        v[2] = (v[2] + v[1]) & mask; v[1] = rotl(v[1], 17) ^ v[2]; v[2] = rotl(v[2], 32)
+
+    full = len(data) // 8 * 8
+    for i in range(0, full, 8):
+        m = struct.unpack("<Q", data[i:i + 8])[0]
+        v[3] ^= m; rnd(); rnd(); v[0] ^= m
+    b = (len(data) & 0xFF) << 56
+    for i, c in enumerate(data[full:]):
+        b |= c << (8 * i)
+    v[3] ^= b; rnd(); rnd(); v[0] ^= b
+    v[2] ^= 0xFF
+    for _ in range(4):
+        rnd()
+    return "%016x" % (v[0] ^ v[1] ^ v[2] ^ v[3])
+
+
+def word_values(n):
+    """Values of length n for the words scenario: (tenant, cookie, token)."""
+    tenant = "".join("abcdefghijklmnopqrstuvwxyz0123456789-_."[(i * 7 + n) % 39] for i in range(n))
+    cookie = bytes((0x21 + (i * 13 + n) % 0x5E) if i % 11 != 5 else 0xC3 for i in range(n))
+    if n > 10:
+        cookie = cookie[:3] + b"\t" + cookie[4:]  # a tab: the byte path inside a value
+    token = ("tok%d-" % n + "Z9y8X7w6" * 20)[:n]
+    path = "/" + ("w%d/" % n + "abc.def~" * 40)[: 2 * n]
+    return tenant, cookie, token, path
+
+
+def scenario_words(port, hyper):
+    s = conn(port)
+    for n in WORD_LENGTHS:
+        tenant, cookie, token, path = word_values(n)
+        s.sendall(
+            b"GET %s HTTP/1.1\r\nHost: w\r\nX-Request-Id: words-%d\r\nX-Tenant: %s\r\nCookie: %s\r\nAuthorization: Bearer %s\r\n\r\n"
+            % (path.encode(), n, tenant.encode(), cookie, token.encode())
+        )
+        recv_until(s, b"ok\n" if not hyper else b"ok\n", timeout=1.0)
+    s.close()
+
 
 def scenario_sse(port, hyper):
     s = conn(port)
@@ -282,6 +338,7 @@ SCENARIOS = [
     scenario_vanish,
     scenario_bighdr,
     scenario_continue,
+    scenario_words,
     scenario_sse,
 ]
 
@@ -433,6 +490,27 @@ def main():
 
     ct = by_rid(lines, "cont1")
     c.check("100-continue: one record, interim counted, final 200", len(ct) == 1 and ct[0].get("response", {}).get("interim") == 1 and ct[0]["response"]["status"] == 200 and "interim" in ct[0]["response"]["flags"], str(ct))
+
+    bad_words = []
+    for n in WORD_LENGTHS:
+        tenant, cookie, token, path = word_values(n)
+        w = by_rid(lines, f"words-{n}")
+        if len(w) != 1:
+            bad_words.append((n, "records", len(w)))
+            continue
+        q = w[0]["request"]
+        cr = q["credentials"]
+        if q["headers"].get("extra0") != tenant[:124]:
+            bad_words.append((n, "x-tenant", q["headers"].get("extra0")))
+        if q["path"] != path[:256] or q["path_len"] != len(path) or ("path_truncated" in q["flags"]) != (len(path) > 256):
+            bad_words.append((n, "path", q["path"], q["path_len"]))
+        if ("value_truncated" in q["flags"]) != (n > 124):
+            bad_words.append((n, "value_truncated", q["flags"]))
+        if cr.get("cookie", {}).get("fp") != siphash24(TEST_KEY, cookie) or cr["cookie"].get("token_len") != n:
+            bad_words.append((n, "cookie", cr.get("cookie")))
+        if cr.get("authorization", {}).get("fp") != siphash24(TEST_KEY, token.encode()) or cr["authorization"].get("token_len") != n:
+            bad_words.append((n, "authorization", cr.get("authorization")))
+    c.check(f"words: {len(WORD_LENGTHS)} value lengths, captured values + fingerprints exact", not bad_words, str(bad_words))
 
     se, se2 = by_rid(lines, "sse1"), by_rid(lines, "sse2")
     c.check("sse: one record", len(se) == 1, str(len(se)))

@@ -245,6 +245,24 @@ impl Sip {
         }
     }
 
+    /// Absorb 8 bytes at once (`w` little-endian: its low byte first); the
+    /// same as 8 calls of [`Sip::push`], whatever was absorbed before.
+    #[inline(always)]
+    pub fn push8(&mut self, w: u64) {
+        let bits = (self.len & 7) * 8;
+        let (m, rest) = if bits == 0 {
+            (w, 0)
+        } else {
+            (self.m | (w << bits), w >> (64 - bits))
+        };
+        self.v3 ^= m;
+        self.round();
+        self.round();
+        self.v0 ^= m;
+        self.m = rest;
+        self.len += 8;
+    }
+
     /// The 64-bit hash of the bytes absorbed so far (the state is not changed).
     #[inline(always)]
     pub fn finish(&self) -> u64 {
@@ -261,6 +279,28 @@ impl Sip {
         s.round();
         s.v0 ^ s.v1 ^ s.v2 ^ s.v3
     }
+}
+
+/// True when none of the 8 bytes of `w` is a control byte (< 0x20, tab
+/// included) or DEL: plain header-value bytes, which need no per-byte look
+/// (bytes >= 0x80, obs-text, are plain). Word-at-a-time ("has less than",
+/// "has zero" bit tricks), exact.
+#[inline(always)]
+pub const fn plain8(w: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
+    let del = w ^ (ONES * 0x7f);
+    let has_del = del.wrapping_sub(ONES) & !del & HIGH;
+    below_space == 0 && has_del == 0
+}
+
+/// True when one of the 8 bytes of `w` is `b` (exact).
+#[inline(always)]
+pub const fn has_byte(w: u64, b: u8) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    let x = w ^ (ONES * b as u64);
+    x.wrapping_sub(ONES) & !x & (ONES * 0x80) != 0
 }
 
 /// Fingerprint of a whole token, as user space computes it for its known keys.
@@ -481,6 +521,63 @@ mod tests {
             let mut h = SipHasher::new_with_keys(k0, k1);
             h.write(&data[..n]);
             assert_eq!(fingerprint(k0, k1, &data[..n]), h.finish(), "len {n}");
+        }
+    }
+
+    #[test]
+    fn push8_is_eight_pushes_at_any_offset() {
+        let (k0, k1) = (0x0706_0504_0302_0100, 0x0f0e_0d0c_0b0a_0908);
+        let data: Vec<u8> = (0..64u8).map(|i| i.wrapping_mul(151).wrapping_add(7)).collect();
+        for head in 0..9 {
+            for words in 0..4 {
+                let mut bytewise = Sip::new(k0, k1);
+                let mut wordwise = Sip::new(k0, k1);
+                for &b in &data[..head] {
+                    bytewise.push(b);
+                    wordwise.push(b);
+                }
+                for k in 0..words {
+                    let at = head + 8 * k;
+                    let chunk: [u8; 8] = data[at..at + 8].try_into().unwrap();
+                    for b in chunk {
+                        bytewise.push(b);
+                    }
+                    wordwise.push8(u64::from_le_bytes(chunk));
+                }
+                // A tail after the words, then both must agree.
+                for &b in &data[head + 8 * words..head + 8 * words + 3] {
+                    bytewise.push(b);
+                    wordwise.push(b);
+                }
+                assert_eq!(bytewise.finish(), wordwise.finish(), "head {head} words {words}");
+            }
+        }
+    }
+
+    #[test]
+    fn plain8_matches_a_byte_by_byte_check() {
+        let plain = |b: u8| b >= 0x20 && b != 0x7f;
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for round in 0..200_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let mut bytes = seed.to_le_bytes();
+            // Mostly text, with one special byte planted at times.
+            if round % 3 != 0 {
+                for b in &mut bytes {
+                    *b = 0x20 + (*b % 0x5f);
+                }
+                if round % 5 == 0 {
+                    let special = [0x00, 0x09, 0x0a, 0x0d, 0x1f, 0x7f, 0x80, 0xff, 0x20, 0x7e];
+                    bytes[(seed >> 8) as usize % 8] = special[(seed >> 16) as usize % special.len()];
+                }
+            }
+            let w = u64::from_le_bytes(bytes);
+            assert_eq!(plain8(w), bytes.iter().all(|&b| plain(b)), "{bytes:02x?}");
+            for b in [b' ', b'\r', 0x7f, 0x00, 0xff, bytes[(seed >> 24) as usize % 8]] {
+                assert_eq!(has_byte(w, b), bytes.contains(&b), "{b:02x} in {bytes:02x?}");
+            }
         }
     }
 

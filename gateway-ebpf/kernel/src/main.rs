@@ -361,6 +361,7 @@ fn on_io_exit(ctx: &TracePointContext) {
             sc.iov_ptr = a.ptr;
             sc.iov_cnt = a.cnt;
             sc.iov_idx = 0;
+            sc.iov_n = 0;
             sc.cur_ptr = 0;
             sc.cur_len = 0;
         } else {
