@@ -93,7 +93,7 @@ pytest_dir() {
 }
 
 # ---------------------------------------------------------------- the steps
-step fmt cargo fmt --all --check
+step fmt cargo fmt --check
 step clippy cargo clippy --workspace --all-targets -- -D warnings
 step build cargo build --workspace
 step test cargo test --workspace
