@@ -104,9 +104,14 @@ pub struct Exchange {
 /// record — whatever is left (request without response, response without a
 /// captured request). Connections that were accepted before the programs
 /// were attached are not seen at all.
+///
+/// A connection whose close record was lost (ring buffer full) would leave
+/// its unfinished exchanges here for ever: [`Joiner::evict_over`] bounds them.
 #[derive(Default)]
 pub struct Joiner {
-    pending: HashMap<(u64, u32), Exchange>,
+    /// Exchanges waiting, with the order in which they were opened.
+    pending: HashMap<(u64, u32), (u64, Exchange)>,
+    opened: u64,
 }
 
 impl Joiner {
@@ -139,7 +144,7 @@ impl Joiner {
                 keys.sort();
                 keys.into_iter()
                     .filter_map(|k| self.pending.remove(&k))
-                    .map(|mut e| {
+                    .map(|(_, mut e)| {
                         e.close = Some(c);
                         e
                     })
@@ -148,27 +153,85 @@ impl Joiner {
         }
     }
 
+    /// When more than `max` exchanges wait, removes the oldest ones (down
+    /// to 3/4 of `max`) and returns how many. Choose `max` well above what
+    /// live connections can have in flight (the kernel tracks at most
+    /// `max_conns` connections, HTTP/1.1 answers one request at a time):
+    /// beyond it, what waits belongs to connections whose close was lost.
+    pub fn evict_over(&mut self, max: usize) -> usize {
+        if self.pending.len() <= max {
+            return 0;
+        }
+        let mut order: Vec<(u64, (u64, u32))> =
+            self.pending.iter().map(|(k, (opened, _))| (*opened, *k)).collect();
+        order.sort_unstable();
+        let excess = self.pending.len() - max * 3 / 4;
+        for (_, key) in order.into_iter().take(excess) {
+            self.pending.remove(&key);
+        }
+        excess
+    }
+
     fn entry(&mut self, key: (u64, u32)) -> &mut Exchange {
-        self.pending.entry(key).or_insert_with(|| Exchange {
-            conn_id: key.0,
-            seq: key.1,
-            request: None,
-            response: None,
-            close: None,
-        })
+        let opened = &mut self.opened;
+        &mut self
+            .pending
+            .entry(key)
+            .or_insert_with(|| {
+                *opened += 1;
+                (
+                    *opened,
+                    Exchange { conn_id: key.0, seq: key.1, request: None, response: None, close: None },
+                )
+            })
+            .1
     }
 
     fn take_if_done(&mut self, key: (u64, u32)) -> Vec<Exchange> {
         let done = self
             .pending
             .get(&key)
-            .map(|e| e.request.is_some() && e.response.is_some())
+            .map(|(_, e)| e.request.is_some() && e.response.is_some())
             .unwrap_or(false);
         if done {
-            self.pending.remove(&key).into_iter().collect()
+            self.pending.remove(&key).map(|(_, e)| e).into_iter().collect()
         } else {
             Vec::new()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response(conn_id: u64, seq: u32) -> Record {
+        let mut r: ResponseRecord = unsafe { core::mem::zeroed() };
+        r.hdr.kind = KIND_RESPONSE;
+        r.hdr.version = LAYOUT_VERSION;
+        r.hdr.conn_id = conn_id;
+        r.hdr.seq = seq;
+        Record::Response(r)
+    }
+
+    #[test]
+    fn exchanges_of_lost_connections_are_evicted_oldest_first() {
+        let mut joiner = Joiner::new();
+        for conn in 0..100 {
+            assert!(joiner.push(response(conn, 0)).is_empty());
+        }
+        assert_eq!(joiner.evict_over(100), 0);
+        assert_eq!(joiner.evict_over(40), 70);
+        assert_eq!(joiner.pending(), 30);
+        // The newest stayed: a close record for one of them still flushes it.
+        let mut close: CloseRecord = unsafe { core::mem::zeroed() };
+        close.hdr.kind = KIND_CLOSE;
+        close.hdr.conn_id = 99;
+        let flushed = joiner.push(Record::Close(close));
+        assert_eq!(flushed.len(), 1);
+        assert_eq!((flushed[0].conn_id, flushed[0].response.is_some()), (99, true));
+        close.hdr.conn_id = 5;
+        assert!(joiner.push(Record::Close(close)).is_empty());
     }
 }
 

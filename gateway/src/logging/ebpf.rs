@@ -19,6 +19,11 @@ use super::fingerprint::FingerprintKey;
 use super::record::{CallRecord, Capture as CaptureKind, CredentialSeen};
 
 const POLL_EVERY: Duration = Duration::from_millis(50);
+/// Kernel half-exchanges waiting for their other half at most: the programs
+/// track 2048 connections and HTTP/1.1 answers one request at a time, so
+/// beyond this the oldest belong to connections whose close record was lost
+/// (ring buffer full) and are dropped, counted in `kernel.unjoined_evicted`.
+const MAX_PENDING: usize = 8192;
 const COUNTERS_EVERY: Duration = Duration::from_secs(1);
 /// Ring buffer size in bytes, instead of the programs' 2 MiB: a power of two,
 /// at least one page. For tests (a tiny ring to provoke drops) and tuning;
@@ -115,6 +120,7 @@ fn drain(mut capture: Capture, sink: LogSink, names: Vec<String>, stop: Arc<Atom
     let clock = WallClock::measure();
     let mut joiner = Joiner::new();
     let mut last_counters = Instant::now();
+    let mut evicted = 0u64;
     loop {
         let stopping = stop.load(Ordering::Relaxed);
         let delivered = capture.poll(|record| {
@@ -122,6 +128,7 @@ fn drain(mut capture: Capture, sink: LogSink, names: Vec<String>, stop: Arc<Atom
                 sink.send(Event::Kernel(Box::new(to_call(&exchange, &names, &clock))));
             }
         });
+        evicted += joiner.evict_over(MAX_PENDING) as u64;
         // The collector stores the counters with each batch it writes: send
         // them after every delivery, so the stored values account for at
         // least the records stored with them.
@@ -133,6 +140,7 @@ fn drain(mut capture: Capture, sink: LogSink, names: Vec<String>, stop: Arc<Atom
                     ("kernel.conn_map_full".into(), stats.conn_map_full),
                     ("kernel.args_map_full".into(), stats.args_map_full),
                     ("kernel.records".into(), stats.records),
+                    ("kernel.unjoined_evicted".into(), evicted),
                 ]));
             }
         }
