@@ -164,11 +164,13 @@ impl Collector {
                 Ok(Event::Flush(ack)) => {
                     self.expire(true);
                     self.write();
+                    self.store_counters();
                     let _ = ack.send(());
                 }
                 Ok(Event::Stop) | Err(RecvTimeoutError::Disconnected) => {
                     self.expire(true);
                     self.write();
+                    self.store_counters();
                     return;
                 }
                 Err(RecvTimeoutError::Timeout) => {}

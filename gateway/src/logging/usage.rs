@@ -2,7 +2,7 @@
 //! objects of OpenAI chat/completions/embeddings/responses and Anthropic
 //! messages, in JSON bodies and in server-sent events.
 
-use serde_json::Value;
+use serde::Deserialize;
 
 /// Bodies larger than this are not kept for usage parsing.
 const MAX_JSON_BODY: usize = 4 << 20;
@@ -91,7 +91,7 @@ impl UsageTap {
         if !contains(payload, b"\"usage\"") {
             return;
         }
-        if let Ok(value) = serde_json::from_slice::<Value>(payload) {
+        if let Ok(value) = serde_json::from_slice::<UsageCarrier>(payload) {
             self.absorb(&value);
         }
     }
@@ -99,35 +99,70 @@ impl UsageTap {
     /// Call once the body ended.
     pub fn finish(&mut self) {
         if self.mode == TapMode::Json && !self.buffer.is_empty() {
-            if let Ok(value) = serde_json::from_slice::<Value>(&self.buffer) {
+            if let Ok(value) = serde_json::from_slice::<UsageCarrier>(&self.buffer) {
                 self.absorb(&value);
             }
             self.buffer = Vec::new();
         }
     }
 
-    fn absorb(&mut self, value: &Value) {
+    fn absorb(&mut self, carrier: &UsageCarrier) {
+        let nested = |n: &Option<MaybeNested>| match n {
+            Some(MaybeNested::Nested(nested)) => nested.usage,
+            _ => None,
+        };
         for usage in [
-            value.get("usage"),
-            value.pointer("/message/usage"),
-            value.pointer("/response/usage"),
+            carrier.usage,
+            nested(&carrier.message),
+            nested(&carrier.response),
         ]
         .into_iter()
         .flatten()
         {
-            let number = |names: &[&str]| {
-                names
-                    .iter()
-                    .find_map(|n| usage.get(*n).and_then(Value::as_u64))
-            };
-            if let Some(input) = number(&["input_tokens", "prompt_tokens"]) {
+            if let Some(input) = usage.input_tokens.or(usage.prompt_tokens) {
                 self.input_tokens = Some(input);
             }
-            if let Some(output) = number(&["output_tokens", "completion_tokens"]) {
+            if let Some(output) = usage.output_tokens.or(usage.completion_tokens) {
                 self.output_tokens = Some(output);
             }
         }
     }
+}
+
+/// The places a `usage` object appears: top level (OpenAI, Anthropic JSON,
+/// `message_delta`), under `message` (`message_start`) or `response`
+/// (Responses API events). Everything else is skipped without allocating.
+#[derive(Deserialize)]
+struct UsageCarrier {
+    #[serde(default)]
+    usage: Option<Usage>,
+    #[serde(default)]
+    message: Option<MaybeNested>,
+    #[serde(default)]
+    response: Option<MaybeNested>,
+}
+
+/// `message` is an object in Anthropic events but may be a string elsewhere;
+/// either way the body still parses.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum MaybeNested {
+    Nested(Nested),
+    Other(serde::de::IgnoredAny),
+}
+
+#[derive(Deserialize)]
+struct Nested {
+    #[serde(default)]
+    usage: Option<Usage>,
+}
+
+#[derive(Clone, Copy, Deserialize)]
+struct Usage {
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -168,6 +203,14 @@ mod tests {
         let mut tap = UsageTap::new(TapMode::Sse);
         tap.observe(b"event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"usage\":{\"input_tokens\":7,\"output_tokens\":8}}}\n\n");
         assert_eq!((tap.input_tokens, tap.output_tokens), (Some(7), Some(8)));
+    }
+
+    #[test]
+    fn a_string_message_field_does_not_hide_usage() {
+        let mut tap = UsageTap::new(TapMode::Json);
+        tap.observe(br#"{"message":"ok","usage":{"input_tokens":1,"output_tokens":2}}"#);
+        tap.finish();
+        assert_eq!((tap.input_tokens, tap.output_tokens), (Some(1), Some(2)));
     }
 
     #[test]

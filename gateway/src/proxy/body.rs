@@ -143,7 +143,9 @@ pub struct RelayBody {
     /// answering, so upstream failures before it become HTTP errors).
     first: Option<Frame<Bytes>>,
     upstream: Incoming,
-    idle: Pin<Box<Sleep>>,
+    /// Armed the first time the upstream has nothing to give, so a body that
+    /// is already complete costs no timer.
+    idle: Option<Pin<Box<Sleep>>>,
     idle_timeout: Duration,
     on_failure: FailureSignal,
     provider: String,
@@ -164,7 +166,7 @@ impl RelayBody {
         RelayBody {
             first,
             upstream,
-            idle: Box::pin(tokio::time::sleep(idle_timeout)),
+            idle: None,
             idle_timeout,
             on_failure,
             provider,
@@ -222,8 +224,9 @@ impl Body for RelayBody {
         }
         match Pin::new(&mut this.upstream).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                let deadline = Instant::now() + this.idle_timeout;
-                this.idle.as_mut().reset(deadline);
+                if let Some(idle) = this.idle.as_mut() {
+                    idle.as_mut().reset(Instant::now() + this.idle_timeout);
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(err))) => this.fail(format!("connection error: {err}")),
@@ -232,7 +235,11 @@ impl Body for RelayBody {
                 Poll::Ready(None)
             }
             Poll::Pending => {
-                ready!(this.idle.as_mut().poll(cx));
+                let timeout = this.idle_timeout;
+                let idle = this
+                    .idle
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                ready!(idle.as_mut().poll(cx));
                 let secs = this.idle_timeout.as_secs_f64();
                 this.fail(format!("no data for {secs}s (idle timeout)"))
             }

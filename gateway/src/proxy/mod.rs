@@ -93,33 +93,41 @@ pub async fn forward(
     parts.uri = with_query(endpoint_uri, parts.uri.path_and_query());
     parts.version = Version::HTTP_11;
     let upstream_request = Request::from_parts(parts, Full::new(body));
-    let response = gateway
-        .upstream
-        .send(
-            upstream_request,
-            provider.name(),
-            limits.first_byte_timeout.0,
-            limits.connect_timeout.0,
-        )
-        .await?;
+    let first_byte = limits.first_byte_timeout.0;
+    let exchange = async {
+        let response = gateway
+            .upstream
+            .send(upstream_request, provider.name(), limits.connect_timeout.0)
+            .await?;
+        if !response.status().is_success() {
+            return Ok(UpstreamAnswer::Error(response));
+        }
+        let (head, mut body) = response.into_parts();
+        // Wait for the first byte so a failure before it is an HTTP error,
+        // not a 200 that breaks; it is sent on the moment it arrives.
+        let first = first_frame(&mut body, provider, streaming).await?;
+        Ok::<_, GatewayError>(UpstreamAnswer::Success(head, body, first))
+    };
+    // One deadline for the response head and the first byte of the body.
+    let answer = tokio::time::timeout(first_byte, exchange)
+        .await
+        .map_err(|_| GatewayError::UpstreamTimeout {
+            provider: provider.name().to_string(),
+            phase: "waiting for the first byte",
+            after: first_byte,
+        })??;
 
     // Stream back.
-    facts.upstream_status = Some(response.status().as_u16());
     let flavor = endpoint.flavor();
-    if !response.status().is_success() {
-        return upstream_error::relay_error(response, provider, flavor, limits.idle_timeout.0)
-            .await;
-    }
-    let (mut head, mut upstream_body) = response.into_parts();
-    // Wait for the first byte so a failure before it is an HTTP error, not a
-    // 200 that breaks; it is sent on the moment it arrives.
-    let first = first_frame(
-        &mut upstream_body,
-        provider,
-        limits.first_byte_timeout.0,
-        streaming,
-    )
-    .await?;
+    let (mut head, upstream_body, first) = match answer {
+        UpstreamAnswer::Error(response) => {
+            facts.upstream_status = Some(response.status().as_u16());
+            return upstream_error::relay_error(response, provider, flavor, limits.idle_timeout.0)
+                .await;
+        }
+        UpstreamAnswer::Success(head, body, first) => (head, body, first),
+    };
+    facts.upstream_status = Some(head.status.as_u16());
     headers::for_client(&mut head.headers);
     let is_event_stream = head
         .headers
@@ -146,11 +154,18 @@ pub async fn forward(
     Ok(Response::from_parts(head, ResponseBody::relay(relay)))
 }
 
+/// What came back before the first-byte deadline.
+enum UpstreamAnswer {
+    /// A non-2xx response, body unread.
+    Error(Response<Incoming>),
+    /// A 2xx head, its body, and the first data frame (if the body has one).
+    Success(http::response::Parts, Incoming, Option<Frame<Bytes>>),
+}
+
 /// Reads up to the first data frame of a successful upstream response.
 async fn first_frame(
     body: &mut Incoming,
     provider: &dyn Provider,
-    timeout: std::time::Duration,
     streaming: bool,
 ) -> Result<Option<Frame<Bytes>>, GatewayError> {
     let broken = |reason: String| GatewayError::UpstreamBroken {
@@ -160,34 +175,25 @@ async fn first_frame(
     if body.is_end_stream() && !streaming {
         return Ok(None);
     }
-    let read = async {
-        loop {
-            match body.frame().await {
-                Some(Ok(frame)) => {
-                    let empty = frame.data_ref().is_some_and(|data| data.is_empty());
-                    if !empty {
-                        return Ok(Some(frame));
-                    }
+    loop {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                let empty = frame.data_ref().is_some_and(|data| data.is_empty());
+                if !empty {
+                    return Ok(Some(frame));
                 }
-                Some(Err(err)) => {
-                    return Err(broken(format!(
-                        "connection error before the first byte: {err}"
-                    )));
-                }
-                None if streaming => {
-                    return Err(broken("the stream ended before sending any data".into()));
-                }
-                None => return Ok(None),
             }
+            Some(Err(err)) => {
+                return Err(broken(format!(
+                    "connection error before the first byte: {err}"
+                )));
+            }
+            None if streaming => {
+                return Err(broken("the stream ended before sending any data".into()));
+            }
+            None => return Ok(None),
         }
-    };
-    tokio::time::timeout(timeout, read)
-        .await
-        .map_err(|_| GatewayError::UpstreamTimeout {
-            provider: provider.name().to_string(),
-            phase: "waiting for the first byte of the body",
-            after: timeout,
-        })?
+    }
 }
 
 /// The upstream endpoint URI with the client's query string, if any.

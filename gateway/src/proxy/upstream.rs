@@ -54,23 +54,18 @@ impl UpstreamClient {
         Ok(UpstreamClient { client })
     }
 
-    /// Sends a request and waits for the response head, at most `first_byte`.
+    /// Sends a request and waits for the response head. The caller bounds
+    /// the wait (one deadline covers the head and the first body byte).
     pub async fn send(
         &self,
         request: Request<Full<Bytes>>,
         provider: &str,
-        first_byte: Duration,
         connect_timeout: Duration,
     ) -> Result<Response<Incoming>, GatewayError> {
-        match tokio::time::timeout(first_byte, self.client.request(request)).await {
-            Err(_) => Err(GatewayError::UpstreamTimeout {
-                provider: provider.to_string(),
-                phase: "waiting for the response",
-                after: first_byte,
-            }),
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(err)) => Err(classify(err, provider, connect_timeout)),
-        }
+        self.client
+            .request(request)
+            .await
+            .map_err(|err| classify(err, provider, connect_timeout))
     }
 }
 

@@ -13,7 +13,7 @@ use crate::logging::record::{CallRecord, Capture};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS calls (
-    id                INTEGER PRIMARY KEY AUTOINCREMENT,
+    id                INTEGER PRIMARY KEY,
     time_ns           INTEGER NOT NULL,
     capture           TEXT,
     partial           INTEGER NOT NULL DEFAULT 0,
