@@ -81,3 +81,17 @@ if [[ -f tests/python/requirements.txt ]]; then
     python3 -m pip install -q --disable-pip-version-check -r tests/python/requirements.txt
   echo "install-deps: python packages from tests/python/requirements.txt present"
 fi
+
+# --- eBPF toolchain (llvm-22-dev, rust-src for nightly, bpf-linker), so CI
+# can rebuild the kernel object and check it matches the committed one.
+bash gateway-ebpf/build.sh --install
+
+# --- Static binary: the musl target and musl-gcc for the bundled C code.
+if command -v rustup >/dev/null; then
+  target="$(uname -m)-unknown-linux-musl"
+  rustup target list --installed | grep -qx "$target" || rustup target add "$target"
+fi
+if ! command -v musl-gcc >/dev/null; then
+  DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq --no-install-recommends musl-tools ||
+    { "${SUDO[@]}" apt-get update -qq && DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq --no-install-recommends musl-tools; }
+fi

@@ -98,6 +98,12 @@ step clippy cargo clippy --workspace --all-targets -- -D warnings
 step build cargo build --workspace
 step test cargo test --workspace
 step python pytest_dir tests/python
+step cli bash tests/cli/run.sh
+# Loads the real programs into the kernel (root; CI runs as root).
+step ebpf bash gateway-ebpf/check.sh --e2e
+# The release profile's LTO takes minutes; linking is what is checked, so a
+# quicker profile builds the same static binary here.
+step static env APX_STATIC_PROFILE=static-check bash tests/cli/static.sh
 # BENCH_ARGS adds flags to the benchmark, e.g. BENCH_ARGS=--profile.
 # shellcheck disable=SC2086
 if ((BENCH)); then step bench python3 tests/bench/run.py --out target/bench/results.json ${BENCH_ARGS:-}; fi

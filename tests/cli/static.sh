@@ -26,9 +26,11 @@ if ! command -v musl-gcc >/dev/null 2>&1; then
 fi
 
 t0=$(date +%s)
-cargo build --release --locked -p apx-cli --target "$TARGET"
+# APX_STATIC_PROFILE=static-check (CI) builds without LTO; same linking.
+PROFILE="${APX_STATIC_PROFILE:-release}"
+cargo build --profile "$PROFILE" --locked -p apx-cli --target "$TARGET"
 t1=$(date +%s)
-BIN="$ROOT/target/$TARGET/release/apx"
+BIN="$ROOT/target/$TARGET/$PROFILE/apx"
 
 fail() {
 	echo "FAIL: $*" >&2
@@ -50,6 +52,37 @@ tmp=$(mktemp -d)
 APX_CONFIG="$tmp/apx.toml" APX_STATE_DIR="$tmp/state" APX_SYSTEMD=0 \
 	"$BIN" init --yes --dry-run --provider vllm >/dev/null || fail "init --dry-run with the static binary"
 rm -rf "$tmp"
+
+# The embedded eBPF programs load from the static binary (root only).
+if [[ $(id -u) -eq 0 ]]; then
+	tmp=$(mktemp -d)
+	port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+	cat >"$tmp/apx.toml" <<CONFIG
+listen = "127.0.0.1:$port"
+[storage]
+dir = "$tmp/state"
+[logging]
+capture = "ebpf"
+[providers.echo]
+kind = "echo"
+[[models]]
+name = "echo"
+provider = "echo"
+CONFIG
+	"$BIN" serve --config "$tmp/apx.toml" >"$tmp/log" 2>&1 &
+	pid=$!
+	mode=""
+	for _ in $(seq 1 100); do
+		mode=$(curl -fsS "http://127.0.0.1:$port/readyz" 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["capture_mode"])' 2>/dev/null || true)
+		[[ -n "$mode" ]] && break
+		sleep 0.1
+	done
+	kill "$pid" 2>/dev/null || true
+	wait "$pid" 2>/dev/null || true
+	[[ "$mode" == "ebpf" ]] || { cat "$tmp/log" >&2; fail "the static binary did not start eBPF capture (mode: ${mode:-none})"; }
+	echo "embedded eBPF programs: loaded and attached by the static binary"
+	rm -rf "$tmp"
+fi
 
 size=$(stat -c %s "$BIN")
 echo "static binary: $BIN"
