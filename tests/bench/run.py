@@ -32,6 +32,7 @@ import resource
 import shutil
 import signal
 import socket
+import sqlite3
 import statistics
 import string
 import subprocess
@@ -39,6 +40,7 @@ import sys
 import tempfile
 import threading
 import time
+import tomllib
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +72,18 @@ P99_CONNS = 16
 TTFC_ADDED_MAX_US = 200.0  # apx median TTFC - direct median TTFC
 RSS_MAX_KIB = 20 * 1024  # apx VmHWM after the whole run
 NODELAY_P50_MAX_US = 1000.0  # 1-connection p50: delayed-ACK stalls show as ~40 ms
+# Logging targets (issue text): the eBPF-capture variant against logging off,
+# at these connection counts, and against user-space capture.
+LOGGING_CONNS = (16, 64)
+LOGGING_RPS_DROP_MAX = 0.05  # throughput at most 5 % below logging off
+LOGGING_CPU_RISE_MAX = 0.10  # CPU per request at most 10 % above logging off
+# Record completeness: every request answered during a wrk run at this many
+# connections has its row in <state_dir>/logs.db (or a drop counter says why not).
+COMPLETENESS_CONNS = 64
+DROP_COUNTERS = (
+    "gateway.channel_drops", "gateway.write_failures", "kernel.ringbuf_drops",
+    "kernel.conn_map_full", "kernel.args_map_full", "kernel.unjoined_evicted",
+)
 # A cell during which processes outside the bench used more CPU than this
 # (cores) is marked as untrustworthy.
 OTHER_LOAD_WARN = 0.15
@@ -245,8 +259,24 @@ def start_nginx(tmp: Path, mock_port: int) -> Server:
     return server
 
 
-def apx_config(variant: Path, tmp: Path, port: int, mock_port: int) -> Path:
-    state = tmp / f"state-{variant.stem}"
+def variant_capture(variant: Path) -> str:
+    """The variant's `[logging] capture` ("off" when absent). The template's
+    ${...} fields sit inside strings, so the file parses as TOML as it is."""
+    try:
+        doc = tomllib.loads(variant.read_text())
+    except tomllib.TOMLDecodeError:
+        return "off"
+    return str(doc.get("logging", {}).get("capture", "off"))
+
+
+def state_dir(tmp: Path, variant: Path, tag: str = "") -> Path:
+    return tmp / f"state-{variant.stem}{tag}"
+
+
+def apx_config(variant: Path, tmp: Path, port: int, mock_port: int, tag: str = "") -> Path:
+    """Writes the variant's config; each tag gets its own state dir (and so
+    its own logs.db)."""
+    state = state_dir(tmp, variant, tag)
     state.mkdir(exist_ok=True)
     text = string.Template(variant.read_text()).substitute(
         listen=f"127.0.0.1:{port}",
@@ -255,14 +285,14 @@ def apx_config(variant: Path, tmp: Path, port: int, mock_port: int) -> Path:
         upstream_key=UPSTREAM_KEY,
         key_hash="sha256:" + hashlib.sha256(CLIENT_KEY.encode()).hexdigest(),
     )
-    path = tmp / f"apx-{variant.stem}.toml"
+    path = tmp / f"apx-{variant.stem}{tag}.toml"
     path.write_text(text)
     return path
 
 
 def start_apx(apx_bin: Path, variant: Path, tmp: Path, mock_port: int, tag: str = "") -> Server:
     port = free_port()
-    config = apx_config(variant, tmp, port, mock_port)
+    config = apx_config(variant, tmp, port, mock_port, tag)
     env = dict(os.environ, RUST_LOG=os.environ.get("BENCH_RUST_LOG", "warn"))
     proc = subprocess.Popen(
         [str(apx_bin), "serve", "--config", str(config)],
@@ -624,6 +654,89 @@ def profile_apx(args, apx_bin: Path, variant: Path, tmp: Path, mock: Server,
     return result
 
 
+# ------------------------------------------------------------ completeness
+
+
+def read_logs_db(db: Path) -> dict:
+    """Row counts of `calls` and the `counters` table of a gateway's logs.db."""
+    out = {"records": 0, "status_200": 0, "partial": 0, "by_capture": {}, "counters": {}}
+    if not db.exists():
+        return out
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    try:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if "calls" in tables:
+            out["records"] = conn.execute("SELECT COUNT(*) FROM calls").fetchone()[0]
+            out["status_200"] = conn.execute(
+                "SELECT COUNT(*) FROM calls WHERE status = 200").fetchone()[0]
+            out["partial"] = conn.execute(
+                "SELECT COUNT(*) FROM calls WHERE partial != 0").fetchone()[0]
+            out["by_capture"] = {str(k): v for k, v in conn.execute(
+                "SELECT capture, COUNT(*) FROM calls GROUP BY capture")}
+        if "counters" in tables:
+            out["counters"] = {str(k): v for k, v in conn.execute(
+                "SELECT name, value FROM counters")}
+    finally:
+        conn.close()
+    return out
+
+
+def completeness_run(args, apx_bin: Path, variant: Path, tmp: Path, mock: Server) -> dict:
+    """A gateway with a fresh state dir, wrk at COMPLETENESS_CONNS for
+    --completeness-secs, SIGTERM (which flushes every pending record), then
+    rows in logs.db vs the requests wrk completed.
+
+    wrk counts completed requests; up to one request per connection is in
+    flight when it stops, and the gateway may answer (and record) those too,
+    so the gateway answered between `completed` and `completed + conns`."""
+    conns = COMPLETENESS_CONNS
+    server = start_apx(apx_bin, variant, tmp, mock.port, tag="-complete")
+    db = state_dir(tmp, variant, "-complete") / "logs.db"
+    try:
+        cpu0 = server.cpu_seconds()
+        res = run_wrk(server.port, server.name, conns, args.completeness_secs, args.wrk_threads)
+        cpu1 = server.cpu_seconds()
+        time.sleep(1.0)  # the collector writes within ~50 ms
+        before = read_logs_db(db)["records"]
+        t0 = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = server.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.proc.kill()
+            rc = f"killed (no exit within 30 s of SIGTERM): {server.proc.wait()}"
+        stop_s = time.monotonic() - t0
+    finally:
+        server.stop()
+    db_state = read_logs_db(db)
+    completed = res["requests"]
+    errors = sum(res[k] for k in res if k.startswith("errors_"))
+    records = db_state["records"]
+    drops = {k: db_state["counters"].get(k) for k in DROP_COUNTERS if k in db_state["counters"]}
+    drop_total = sum(v or 0 for v in drops.values())
+    # Every completed request needs a record or a counted drop; any records
+    # beyond `completed` must be in-flight requests (at most one per conn).
+    unexplained = max(0, completed - records - drop_total)
+    extra = records - completed
+    ok = errors == 0 and unexplained == 0 and extra <= conns
+    row = {
+        "variant": variant.stem, "capture": variant_capture(variant), "conns": conns,
+        "seconds": args.completeness_secs, "completed": completed,
+        "rps": completed / (res["duration_us"] / 1e6), "wrk_errors": errors,
+        "apx_cpu_us_per_req": (cpu1 - cpu0) * 1e6 / max(completed, 1),
+        "records_before_sigterm": before, "records": records,
+        "records_minus_completed": extra, "status_200": db_state["status_200"],
+        "partial": db_state["partial"], "by_capture": db_state["by_capture"],
+        "drops": drops, "drop_total": drop_total, "unexplained_missing": unexplained,
+        "counters": db_state["counters"], "exit": rc, "stop_s": stop_s,
+        "records_ge_completed": records >= completed, "ok": ok,
+    }
+    log(f"{server.name:>22} completeness: {completed} completed, {records} records "
+        f"({before} before SIGTERM), diff {extra:+d}, drops {drop_total}, exit {rc} "
+        f"after {stop_s:.2f}s -> {'PASS' if ok else 'MISS'}")
+    return row
+
+
 # ------------------------------------------------------------------ reporting
 
 
@@ -694,6 +807,26 @@ def report(results: dict) -> str:
     for name, m in results["memory"].items():
         out.append(f"| {name} | {mib(m['vmhwm_kib'])} | {mib(m['vmrss_kib'])} |")
     out.append("")
+    comp = results.get("completeness") or []
+    if comp:
+        out.append(f"### Record completeness (wrk, {comp[0]['conns']} connections, "
+                   f"{comp[0]['seconds']} s, fresh state dir, then SIGTERM)\n")
+        out.append("| variant | completed (wrk) | records | records − completed | "
+                   "records before SIGTERM | status 200 / partial | drop counters | "
+                   "unexplained missing | wrk errors | req/s | apx CPU/req | exit | result |")
+        out.append("|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---|---|")
+        for c in comp:
+            drops = ", ".join(f"{k.split('.', 1)[1]} {v}" for k, v in c["drops"].items()) or "-"
+            out.append(
+                f"| {c['variant']} | {c['completed']} | {c['records']} | "
+                f"{c['records_minus_completed']:+d} | {c['records_before_sigterm']} | "
+                f"{c['status_200']} / {c['partial']} | {drops} | {c['unexplained_missing']} | "
+                f"{c['wrk_errors']} | {c['rps']:.0f} | {c['apx_cpu_us_per_req']:.1f} µs | "
+                f"{c['exit']} ({c['stop_s']:.2f} s) | **{'PASS' if c['ok'] else 'MISS'}** |")
+        out.append("\nwrk counts completed requests; up to one request per connection was in "
+                   "flight when it stopped, so the gateway answered between `completed` and "
+                   f"`completed + {comp[0]['conns']}`: PASS = every completed request has a "
+                   "record or a counted drop, and records − completed ≤ connections.\n")
     out.append("### Targets\n")
     out.append("| variant | target | measured | limit | result |")
     out.append("|---|---|---:|---:|---|")
@@ -764,6 +897,59 @@ def check_targets(results: dict, variants: list[str]) -> list[dict]:
             None if one is None else one["p50_us"] < NODELAY_P50_MAX_US,
             "-" if one is None else us(one["p50_us"]),
             f"< {NODELAY_P50_MAX_US:.0f} µs")
+    checks += logging_targets(results, row)
+    return checks
+
+
+def logging_targets(results: dict, row) -> list[dict]:
+    """Logging cost (issue text): the eBPF-capture variant vs logging off at
+    LOGGING_CONNS (throughput and CPU per request) and vs user-space capture
+    (CPU per request); user-space capture vs logging off is shown as info.
+    Plus record completeness of every variant that had a completeness run."""
+    captures = results["settings"].get("captures", {})
+    base = next((v for v, c in captures.items() if c == "off"), None)
+    user = next((v for v, c in captures.items() if c == "userspace"), None)
+    checks = []
+
+    def add(v: str, check: str, ok: bool | None, measured: str, limit: str,
+            info: bool = False) -> None:
+        result = "N/A" if ok is None else ("info" if info else ("PASS" if ok else "MISS"))
+        checks.append({"variant": v, "name": check, "measured": measured, "limit": limit,
+                       "result": result})
+
+    for v, cap in captures.items():
+        if cap == "off" or base is None:
+            continue
+        name, info = f"apx[{v}]", cap != "ebpf"
+        for c in LOGGING_CONNS:
+            a, b = row(name, c), row(f"apx[{base}]", c)
+            if not (a and b):
+                continue
+            drop = 1 - a["rps"] / b["rps"]
+            add(v, f"throughput drop vs {base} at {c} connections", drop <= LOGGING_RPS_DROP_MAX,
+                f"{drop * 100:+.1f} % ({a['rps']:.0f} vs {b['rps']:.0f} req/s)",
+                f"<= {LOGGING_RPS_DROP_MAX * 100:.0f} %", info)
+            rise = a["proxy_cpu_us_per_req"] / b["proxy_cpu_us_per_req"] - 1
+            add(v, f"CPU/request increase vs {base} at {c} connections",
+                rise <= LOGGING_CPU_RISE_MAX,
+                f"{rise * 100:+.1f} % ({a['proxy_cpu_us_per_req']:.1f} vs "
+                f"{b['proxy_cpu_us_per_req']:.1f} µs)",
+                f"<= {LOGGING_CPU_RISE_MAX * 100:.0f} %", info)
+        if cap == "ebpf" and user is not None:
+            for c in LOGGING_CONNS:
+                a, u = row(name, c), row(f"apx[{user}]", c)
+                if not (a and u):
+                    continue
+                add(v, f"CPU/request vs {user} at {c} connections",
+                    a["proxy_cpu_us_per_req"] <= u["proxy_cpu_us_per_req"],
+                    f"{a['proxy_cpu_us_per_req']:.1f} vs {u['proxy_cpu_us_per_req']:.1f} µs",
+                    "<= user-space")
+    for comp in results.get("completeness", []):
+        add(comp["variant"], f"record completeness ({comp['conns']} connections, "
+            f"{comp['seconds']} s)", comp["ok"],
+            f"{comp['records']} records / {comp['completed']} completed "
+            f"({comp['records_minus_completed']:+d}), drops {comp['drop_total']}",
+            "records + drops >= completed")
     return checks
 
 
@@ -816,6 +1002,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--variants", default=None,
                    help="comma-separated apx variants (names in tests/bench/variants/); "
                         "default: all, logging-off first")
+    p.add_argument("--completeness", choices=("auto", "all", "none"), default="auto",
+                   help="record-completeness run (fresh gateway, wrk at "
+                        f"{COMPLETENESS_CONNS} connections, SIGTERM, count rows in logs.db) for: "
+                        "auto = variants whose capture is not off (default), all, none")
+    p.add_argument("--completeness-secs", type=int, default=30,
+                   help="seconds of wrk per completeness run (default 30)")
     p.add_argument("--no-nginx", action="store_true", help="skip the nginx rows")
     p.add_argument("--no-build", action="store_true", help="use the binaries already built")
     p.add_argument("--bin-dir", type=Path, default=REPO / "target" / "release",
@@ -879,9 +1071,11 @@ def main() -> int:
             "wrk_threads": args.wrk_threads, "repeat": args.repeat,
             "paced_ms": args.paced_ms, "ttfc_n": args.ttfc_n, "ttfc_words": args.ttfc_words,
             "variants": [v.stem for v in variants], "nginx_workers": None,
+            "captures": {v.stem: variant_capture(v) for v in variants},
+            "completeness": args.completeness, "completeness_secs": args.completeness_secs,
             "request_body": BODY, "path": PATH,
         },
-        "load": [], "ttfc": [], "memory": {}, "targets": [], "profile": None,
+        "load": [], "ttfc": [], "memory": {}, "completeness": [], "targets": [], "profile": None,
     }
     servers: list[Server] = []
     with tempfile.TemporaryDirectory(prefix="apx-bench-") as tmp_name:
@@ -922,6 +1116,16 @@ def main() -> int:
                     "vmhwm_kib": s.kib("VmHWM"), "vmrss_kib": s.kib("VmRSS"),
                     "processes": len(s.pids()),
                 }
+            # Completeness: after the load matrix and memory, with the load
+            # gateways stopped (so a second eBPF capture is not loaded meanwhile).
+            comp_variants = [v for v in variants if args.completeness == "all" or (
+                args.completeness == "auto" and variant_capture(v) != "off")]
+            if comp_variants:
+                for name, server in targets:
+                    if server is not None and name.startswith("apx["):
+                        server.stop()
+                for v in comp_variants:
+                    results["completeness"].append(completeness_run(args, apx_bin, v, tmp, mock))
             results["targets"] = check_targets(results, [v.stem for v in variants])
             if args.profile:
                 prof_bin = args.profile_bin_dir / "apx"
