@@ -71,12 +71,14 @@ fi
 if [ "$e2e" = 1 ]; then
     echo "== load the committed object and capture real traffic (root)"
     (cd "$here/loader-probe" && cargo +stable build --release --quiet --bin apx-capture-probe --example hyper_server)
-    if python3 "$here/loader-probe/e2e.py" --port 38419; then
+    # Free ports, picked now: fixed ones may be taken on a busy machine.
+    free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+    if python3 "$here/loader-probe/e2e.py" --port "$(free_port)"; then
         ok "e2e against a Python HTTP/1.1 server"
     else
         bad "e2e against a Python HTTP/1.1 server"
     fi
-    if python3 "$here/loader-probe/e2e.py" --port 38420 --hyper "$here/loader-probe/target/release/examples/hyper_server" --out /tmp/apx-e2e-hyper.jsonl; then
+    if python3 "$here/loader-probe/e2e.py" --port "$(free_port)" --hyper "$here/loader-probe/target/release/examples/hyper_server" --out /tmp/apx-e2e-hyper.jsonl; then
         ok "e2e against the hyper example server"
     else
         bad "e2e against the hyper example server"

@@ -379,7 +379,11 @@ def main():
             socket.create_connection(("127.0.0.1", a.port), timeout=0.2).close()
             break
         except OSError:
+            if server.poll() is not None:
+                sys.exit(f"the test server exited with {server.returncode} (port {a.port} taken?)")
             time.sleep(0.1)
+    else:
+        sys.exit(f"the test server did not listen on port {a.port} within 10 s")
     out = open(a.out, "w")
     err = open(a.out + ".stderr", "w")
     probe = subprocess.Popen(
