@@ -57,6 +57,29 @@ fn start_call_status_keys_stop() {
         text(&out.stdout),
         "Hello from claude-sonnet-4-5! You said: Hi Claude\n"
     );
+    // Both calls are in the log store, readable with `apx logs`.
+    let mut lines = Vec::new();
+    for _ in 0..40 {
+        let out = home.run(&["logs", "--json", "--path", "/v1/"]);
+        assert_ok(&out, "logs --json");
+        lines = text(&out.stdout).lines().map(str::to_string).collect();
+        if lines.len() >= 2 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let first: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(first["url.path"], "/v1/chat/completions");
+    assert_eq!(first["http.response.status_code"], 200);
+    assert_eq!(first["gen_ai.request.model"], "gpt-4o-mini");
+    assert!(first["apx.key.name"].is_string());
+    let out = home.run(&["logs", "--model", "claude-sonnet-4-5"]);
+    assert_ok(&out, "logs --model");
+    let table = text(&out.stdout);
+    assert!(table.starts_with("TIME"), "{table}");
+    assert_eq!(table.lines().count(), 2, "{table}");
+    assert!(table.contains("/v1/messages"), "{table}");
     let out = home.run_stdin(&["call", "openai"], "from stdin\n");
     assert_ok(&out, "call with the prompt on stdin");
     assert!(text(&out.stdout).contains("You said: from stdin"));

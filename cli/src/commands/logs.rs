@@ -9,6 +9,7 @@ use apx_gateway::logging::record::CallRecord;
 use apx_gateway::store::logs::{LogQuery, LogStore, StatusFilter};
 
 use crate::exit::{self, Failure};
+use crate::local::Local;
 use crate::ui;
 
 pub const HELP: &str = "Examples:
@@ -57,7 +58,8 @@ pub struct Args {
 }
 
 pub fn run(config_path: &Path, args: Args) -> anyhow::Result<()> {
-    let config = apx_gateway::config::load(config_path)?;
+    // Secrets are not needed to read logs: references are resolved leniently.
+    let config = Local::discover(config_path)?.config_lenient()?;
     let path = config.log_store_path();
     if !path.exists() {
         return Err(Failure::new(
