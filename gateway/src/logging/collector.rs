@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
@@ -17,7 +17,7 @@ use crate::store::logs::LogStore;
 const CHANNEL_CAPACITY: usize = 64 * 1024;
 /// A batch is written when it has this many records…
 const BATCH_RECORDS: usize = 512;
-/// …or when its oldest record has waited this long.
+/// …or at the end of each drain, every this long.
 const BATCH_DELAY: Duration = Duration::from_millis(50);
 /// How long one half of a call waits for the other before it is written alone.
 const JOIN_WINDOW: Duration = Duration::from_secs(2);
@@ -119,7 +119,6 @@ struct Collector {
     config: CollectorConfig,
     counters: Arc<CollectorCounters>,
     batch: Vec<CallRecord>,
-    batch_started: Option<Instant>,
     waiting_gateway: HashMap<JoinKey, (Box<CallRecord>, Instant)>,
     waiting_kernel: HashMap<JoinKey, (Box<KernelCall>, Instant)>,
     kernel_counters: Vec<(String, u64)>,
@@ -137,7 +136,6 @@ impl Collector {
             config,
             counters,
             batch: Vec::with_capacity(BATCH_RECORDS),
-            batch_started: None,
             waiting_gateway: HashMap::new(),
             waiting_kernel: HashMap::new(),
             kernel_counters: Vec::new(),
@@ -145,43 +143,43 @@ impl Collector {
         }
     }
 
+    /// Wakes every `BATCH_DELAY` and drains the channel. Sleeping instead of
+    /// blocking on the channel matters: a receiver blocked in `recv` is woken
+    /// (a futex wake and a context switch) by every request's record.
     fn run(mut self, receiver: Receiver<Event>) {
         loop {
-            let wait = match self.batch_started {
-                Some(started) => BATCH_DELAY.saturating_sub(started.elapsed()),
-                None => Duration::from_millis(250),
-            };
-            match receiver.recv_timeout(wait) {
-                Ok(Event::Call(record, None)) => self.push(*record),
-                Ok(Event::Call(record, Some(key))) => self.gateway_half(key, record),
-                Ok(Event::Kernel(call)) => self.kernel_half(call),
-                Ok(Event::KernelCounters(values)) => {
-                    if values != self.kernel_counters {
-                        self.kernel_counters = values;
-                        self.store_counters();
+            std::thread::sleep(BATCH_DELAY);
+            loop {
+                match receiver.try_recv() {
+                    Ok(Event::Call(record, None)) => self.push(*record),
+                    Ok(Event::Call(record, Some(key))) => self.gateway_half(key, record),
+                    Ok(Event::Kernel(call)) => self.kernel_half(call),
+                    Ok(Event::KernelCounters(values)) => {
+                        if values != self.kernel_counters {
+                            self.kernel_counters = values;
+                            self.store_counters();
+                        }
                     }
+                    Ok(Event::Flush(ack)) => {
+                        self.expire(true);
+                        self.write();
+                        self.store_counters();
+                        let _ = ack.send(());
+                    }
+                    Ok(Event::Stop) | Err(TryRecvError::Disconnected) => {
+                        self.expire(true);
+                        self.write();
+                        self.store_counters();
+                        return;
+                    }
+                    Err(TryRecvError::Empty) => break,
                 }
-                Ok(Event::Flush(ack)) => {
-                    self.expire(true);
+                if self.batch.len() >= BATCH_RECORDS {
                     self.write();
-                    self.store_counters();
-                    let _ = ack.send(());
                 }
-                Ok(Event::Stop) | Err(RecvTimeoutError::Disconnected) => {
-                    self.expire(true);
-                    self.write();
-                    self.store_counters();
-                    return;
-                }
-                Err(RecvTimeoutError::Timeout) => {}
             }
             self.expire(false);
-            let due = self
-                .batch_started
-                .is_some_and(|started| started.elapsed() >= BATCH_DELAY);
-            if due || self.batch.len() >= BATCH_RECORDS {
-                self.write();
-            }
+            self.write();
             if self.last_trim.elapsed() >= TRIM_EVERY {
                 self.trim();
             }
@@ -189,9 +187,6 @@ impl Collector {
     }
 
     fn push(&mut self, record: CallRecord) {
-        if self.batch.is_empty() {
-            self.batch_started = Some(Instant::now());
-        }
         self.batch.push(record);
     }
 
@@ -253,7 +248,6 @@ impl Collector {
     }
 
     fn write(&mut self) {
-        self.batch_started = None;
         if self.batch.is_empty() {
             return;
         }
