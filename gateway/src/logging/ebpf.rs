@@ -5,7 +5,6 @@
 //! early when a lot is pending. Kernel timestamps (CLOCK_MONOTONIC) are
 //! turned into wall-clock time with an offset measured at start.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -237,7 +236,7 @@ fn to_call(exchange: &Exchange, names: &[String], clock: &WallClock) -> KernelCa
         key = record.client_address.as_ref().and_then(|_| {
             let ip = request.conn.peer_ip()?;
             Some(JoinKey {
-                peer_ip: canonical(ip),
+                peer_ip: ip.to_canonical(),
                 peer_port: request.conn.peer_port,
                 seq: request.hdr.seq,
             })
@@ -267,10 +266,6 @@ fn to_call(exchange: &Exchange, names: &[String], clock: &WallClock) -> KernelCa
     KernelCall { key, record }
 }
 
-fn canonical(ip: IpAddr) -> IpAddr {
-    ip.to_canonical()
-}
-
 fn fill_request(
     record: &mut CallRecord,
     request: &RequestRecord,
@@ -279,7 +274,7 @@ fn fill_request(
 ) {
     record.time_unix_ns = clock.wall(request.ts_first_ns);
     if let Some(ip) = request.conn.peer_ip() {
-        record.client_address = Some(canonical(ip).to_string());
+        record.client_address = Some(ip.to_canonical().to_string());
         record.client_port = Some(request.conn.peer_port);
     }
     record.server_port = (request.conn.local_port != 0).then_some(request.conn.local_port);
