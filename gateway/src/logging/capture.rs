@@ -2,16 +2,20 @@
 //! read from the request the gateway parsed. Used when eBPF is unavailable
 //! or not wanted; the fields and their bounds match the kernel's.
 
+use std::sync::Arc;
+
 use apx_capture_common as common;
 use http::HeaderMap;
 
 use super::fingerprint::FingerprintKey;
-use super::record::CredentialSeen;
+use super::record::CredentialEntry;
 
 /// The header names captured in clear: the fixed list, then configured extras.
 #[derive(Clone, Debug)]
 pub struct CaptureList {
     names: Vec<String>,
+    /// The same names, shared by every record that carries them.
+    shared: Vec<Arc<str>>,
 }
 
 impl CaptureList {
@@ -23,7 +27,8 @@ impl CaptureList {
                 names.push(name);
             }
         }
-        CaptureList { names }
+        let shared = names.iter().map(|n| Arc::from(n.as_str())).collect();
+        CaptureList { names, shared }
     }
 
     pub fn names(&self) -> &[String] {
@@ -31,23 +36,28 @@ impl CaptureList {
     }
 
     /// Selected headers, values cut to the kernel's bound.
-    pub fn headers(&self, headers: &HeaderMap) -> (Vec<(String, String)>, bool) {
+    pub fn headers(&self, headers: &HeaderMap) -> (Vec<(Arc<str>, String)>, bool) {
         let mut out = Vec::new();
         let mut truncated = false;
-        for name in &self.names {
+        for (name, shared) in self.names.iter().zip(&self.shared) {
             if let Some(value) = headers.get(name.as_str()) {
                 let bytes = value.as_bytes();
                 truncated |= bytes.len() > common::VALUE_CAP;
                 let kept = &bytes[..bytes.len().min(common::VALUE_CAP)];
-                out.push((name.clone(), String::from_utf8_lossy(kept).into_owned()));
+                out.push((shared.clone(), String::from_utf8_lossy(kept).into_owned()));
             }
         }
         (out, truncated)
     }
+
+    /// The shared name of capture slot `slot` (kernel slot order).
+    pub fn shared_name(&self, slot: usize) -> Option<&Arc<str>> {
+        self.shared.get(slot)
+    }
 }
 
 /// Credential headers: presence, scheme and fingerprint; never the value.
-pub fn credentials(headers: &HeaderMap, key: &FingerprintKey) -> Vec<CredentialSeen> {
+pub fn credentials(headers: &HeaderMap, key: &FingerprintKey) -> Vec<CredentialEntry> {
     let mut out = Vec::new();
     for name in common::CRED_NAMES {
         let Some(value) = headers.get(name) else {
@@ -59,10 +69,10 @@ pub fn credentials(headers: &HeaderMap, key: &FingerprintKey) -> Vec<CredentialS
         } else {
             ("none", value)
         };
-        out.push(CredentialSeen {
-            header: name.to_string(),
-            scheme: scheme.to_string(),
-            fingerprint: key.fingerprint(token),
+        out.push(CredentialEntry {
+            header: name,
+            scheme,
+            fingerprint: key.fingerprint_value(token),
         });
     }
     out
@@ -125,15 +135,15 @@ mod tests {
         assert_eq!(
             captured,
             vec![
-                ("user-agent".to_string(), "OpenAI/Python 3.51.0".to_string()),
-                ("x-tenant".to_string(), "acme".to_string())
+                (Arc::from("user-agent"), "OpenAI/Python 3.51.0".to_string()),
+                (Arc::from("x-tenant"), "acme".to_string())
             ]
         );
         let key = FingerprintKey::from_bytes(common::TEST_KEY);
         let creds = credentials(&headers, &key);
         assert_eq!(creds.len(), 2);
         assert_eq!(creds[0].scheme, "bearer");
-        assert_eq!(creds[0].fingerprint, format!("{:016x}", common::TEST_FP));
+        assert_eq!(creds[0].fingerprint, common::TEST_FP);
         assert_eq!(creds[1].header, "cookie");
         let debug = format!("{creds:?}");
         assert!(!debug.contains("sk-apx") && !debug.contains("a=b"));

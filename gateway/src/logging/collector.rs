@@ -1,16 +1,18 @@
-//! The collector: a background thread that receives finished calls (and, in
-//! eBPF mode, kernel records), joins them, and writes them to the log store
-//! in batches, off the request path. Nothing here can block a request: the
+//! The collector: a background thread that receives finished calls from the
+//! gateway and, in eBPF mode, drains the kernel's ring buffer itself; it
+//! joins the two halves of each call and writes them to the log store in
+//! batches, off the request path. Nothing here can block a request: the
 //! channel is bounded and a full channel drops the record and counts it.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
-use super::record::CallRecord;
+use super::record::CallEntry;
 use crate::store::logs::LogStore;
 
 /// Records waiting in the channel at most; beyond it they are dropped and counted.
@@ -20,7 +22,7 @@ const BATCH_RECORDS: usize = 512;
 /// …or at the end of each drain, every this long.
 const BATCH_DELAY: Duration = Duration::from_millis(50);
 /// How long one half of a call waits for the other before it is written alone.
-const JOIN_WINDOW: Duration = Duration::from_secs(2);
+pub const JOIN_WINDOW: Duration = Duration::from_secs(2);
 const TRIM_EVERY: Duration = Duration::from_secs(60);
 
 /// Identifies a request across the kernel and the gateway: the client's
@@ -32,18 +34,23 @@ pub struct JoinKey {
     pub seq: u32,
 }
 
-/// The header half of a call, as the kernel captured it.
-pub struct KernelCall {
-    pub key: Option<JoinKey>,
-    pub record: CallRecord,
+/// Where kernel-captured halves come from (the eBPF ring buffer). The
+/// collector polls it on its own thread, so a kernel record goes from the
+/// ring buffer to the join without another thread or channel.
+pub trait KernelFeed: Send {
+    /// Readable when the kernel has many records pending (the kernel wakes
+    /// it only past a threshold; the collector also polls on its timer).
+    fn wait_fd(&self) -> std::os::fd::RawFd;
+    /// Hands over every record pending now: the kernel half of a call and
+    /// its join key (`None` when it cannot be joined).
+    fn drain(&mut self, deliver: &mut dyn FnMut(CallEntry, Option<JoinKey>));
+    /// Kernel-side loss counters, absolute values, for the store.
+    fn counters(&mut self) -> Vec<(String, u64)>;
 }
 
 pub enum Event {
     /// A finished call from the gateway; with a join key in eBPF mode.
-    Call(Box<CallRecord>, Option<JoinKey>),
-    Kernel(Box<KernelCall>),
-    /// Kernel-side loss counters, absolute values.
-    KernelCounters(Vec<(String, u64)>),
+    Call(Box<CallEntry>, Option<JoinKey>),
     /// Write everything pending, then answer.
     Flush(SyncSender<()>),
     Stop,
@@ -97,10 +104,12 @@ pub struct CollectorConfig {
     pub max_bytes: u64,
 }
 
-/// Starts the collector thread on an open store.
+/// Starts the collector thread on an open store, with the kernel feed when
+/// capture is by eBPF.
 pub fn start(
     store: LogStore,
     config: CollectorConfig,
+    kernel: Option<Box<dyn KernelFeed>>,
 ) -> std::io::Result<(LogSink, std::thread::JoinHandle<()>)> {
     let (sender, receiver) = mpsc::sync_channel(CHANNEL_CAPACITY);
     let counters = Arc::new(CollectorCounters::default());
@@ -110,17 +119,60 @@ pub fn start(
     };
     let handle = std::thread::Builder::new()
         .name("apx-log-collector".into())
-        .spawn(move || Collector::new(store, config, counters).run(receiver))?;
+        .spawn(move || Collector::new(store, config, counters, kernel).run(receiver))?;
     Ok((sink, handle))
 }
+
+/// Hashes join keys with a multiply-rotate step per word: they are not
+/// attacker-chosen in a way that matters here (peer port and sequence of
+/// the gateway's own connections), and SipHash cost showed in profiles.
+#[derive(Default)]
+struct JoinHasher(u64);
+
+impl Hasher for JoinHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u8(&mut self, n: u8) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u16(&mut self, n: u16) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+}
+
+type JoinMap<V> = HashMap<JoinKey, V, BuildHasherDefault<JoinHasher>>;
 
 struct Collector {
     store: LogStore,
     config: CollectorConfig,
     counters: Arc<CollectorCounters>,
-    batch: Vec<CallRecord>,
-    waiting_gateway: HashMap<JoinKey, (Box<CallRecord>, Instant)>,
-    waiting_kernel: HashMap<JoinKey, (Box<KernelCall>, Instant)>,
+    kernel: Option<Box<dyn KernelFeed>>,
+    batch: Vec<CallEntry>,
+    waiting_gateway: JoinMap<(Box<CallEntry>, Instant)>,
+    waiting_kernel: JoinMap<(CallEntry, Instant)>,
     kernel_counters: Vec<(String, u64)>,
     last_trim: Instant,
 }
@@ -130,46 +182,39 @@ impl Collector {
         store: LogStore,
         config: CollectorConfig,
         counters: Arc<CollectorCounters>,
+        kernel: Option<Box<dyn KernelFeed>>,
     ) -> Collector {
         Collector {
             store,
             config,
             counters,
+            kernel,
             batch: Vec::with_capacity(BATCH_RECORDS),
-            waiting_gateway: HashMap::new(),
-            waiting_kernel: HashMap::new(),
+            waiting_gateway: JoinMap::default(),
+            waiting_kernel: JoinMap::default(),
             kernel_counters: Vec::new(),
             last_trim: Instant::now(),
         }
     }
 
-    /// Wakes every `BATCH_DELAY` and drains the channel. Sleeping instead of
-    /// blocking on the channel matters: a receiver blocked in `recv` is woken
-    /// (a futex wake and a context switch) by every request's record.
+    /// Wakes every `BATCH_DELAY` (or when the kernel says a lot is pending)
+    /// and drains the kernel feed and the channel. Sleeping instead of
+    /// blocking on the channel matters: a receiver blocked in `recv` is
+    /// woken (a futex wake and a context switch) by every request's record.
     fn run(mut self, receiver: Receiver<Event>) {
         loop {
-            std::thread::sleep(BATCH_DELAY);
+            self.wait();
+            self.drain_kernel();
             loop {
                 match receiver.try_recv() {
                     Ok(Event::Call(record, None)) => self.push(*record),
                     Ok(Event::Call(record, Some(key))) => self.gateway_half(key, record),
-                    Ok(Event::Kernel(call)) => self.kernel_half(call),
-                    Ok(Event::KernelCounters(values)) => {
-                        if values != self.kernel_counters {
-                            self.kernel_counters = values;
-                            self.store_counters();
-                        }
-                    }
                     Ok(Event::Flush(ack)) => {
-                        self.expire(true);
-                        self.write();
-                        self.store_counters();
+                        self.finish_pending();
                         let _ = ack.send(());
                     }
                     Ok(Event::Stop) | Err(TryRecvError::Disconnected) => {
-                        self.expire(true);
-                        self.write();
-                        self.store_counters();
+                        self.finish_pending();
                         return;
                     }
                     Err(TryRecvError::Empty) => break,
@@ -186,34 +231,76 @@ impl Collector {
         }
     }
 
-    fn push(&mut self, record: CallRecord) {
+    fn wait(&self) {
+        match &self.kernel {
+            Some(kernel) => wait_readable(kernel.wait_fd(), BATCH_DELAY),
+            None => std::thread::sleep(BATCH_DELAY),
+        }
+    }
+
+    /// Everything received so far goes to the store, halves without a
+    /// partner included (flush and stop).
+    fn finish_pending(&mut self) {
+        self.drain_kernel();
+        self.expire(true);
+        self.write();
+        self.store_counters();
+    }
+
+    fn drain_kernel(&mut self) {
+        let Some(mut kernel) = self.kernel.take() else {
+            return;
+        };
+        kernel.drain(&mut |entry, key| {
+            self.kernel_half(entry, key);
+            if self.batch.len() >= BATCH_RECORDS {
+                self.write();
+            }
+        });
+        let values = kernel.counters();
+        if values != self.kernel_counters {
+            self.kernel_counters = values;
+        }
+        self.kernel = Some(kernel);
+    }
+
+    fn push(&mut self, record: CallEntry) {
         self.batch.push(record);
     }
 
-    fn gateway_half(&mut self, key: JoinKey, record: Box<CallRecord>) {
+    fn gateway_half(&mut self, key: JoinKey, record: Box<CallEntry>) {
         match self.waiting_kernel.remove(&key) {
-            Some((kernel, _)) => self.push(merge(kernel.record, *record)),
+            Some((mut kernel, _)) => {
+                kernel.absorb_gateway_half(*record);
+                self.push(kernel);
+            }
             None => {
                 self.waiting_gateway.insert(key, (record, Instant::now()));
             }
         }
     }
 
-    fn kernel_half(&mut self, call: Box<KernelCall>) {
-        let Some(key) = call.key else {
-            self.push(call.record);
+    fn kernel_half(&mut self, mut entry: CallEntry, key: Option<JoinKey>) {
+        let Some(key) = key else {
+            self.push(entry);
             return;
         };
         match self.waiting_gateway.remove(&key) {
-            Some((gateway, _)) => self.push(merge(call.record, *gateway)),
+            Some((gateway, _)) => {
+                entry.absorb_gateway_half(*gateway);
+                self.push(entry);
+            }
             None => {
-                self.waiting_kernel.insert(key, (call, Instant::now()));
+                self.waiting_kernel.insert(key, (entry, Instant::now()));
             }
         }
     }
 
     /// Writes halves whose partner did not come within the join window.
     fn expire(&mut self, everything: bool) {
+        if self.waiting_gateway.is_empty() && self.waiting_kernel.is_empty() {
+            return;
+        }
         let old = |at: &Instant| everything || at.elapsed() >= JOIN_WINDOW;
         let gateway: Vec<JoinKey> = self
             .waiting_gateway
@@ -237,8 +324,7 @@ impl Collector {
             .map(|(k, _)| *k)
             .collect();
         for key in kernel {
-            if let Some((call, _)) = self.waiting_kernel.remove(&key) {
-                let mut record = call.record;
+            if let Some((mut record, _)) = self.waiting_kernel.remove(&key) {
                 record
                     .notes
                     .push("seen by the kernel only: the gateway did not route this request".into());
@@ -246,7 +332,6 @@ impl Collector {
             }
         }
     }
-
     fn write(&mut self) {
         if self.batch.is_empty() {
             return;
@@ -299,25 +384,16 @@ impl Collector {
     }
 }
 
-/// The kernel's header elements with the gateway's facts and timings.
-fn merge(kernel: CallRecord, gateway: CallRecord) -> CallRecord {
-    let mut out = kernel;
-    out.key_id = gateway.key_id;
-    out.key_name = gateway.key_name;
-    out.model = gateway.model;
-    out.upstream_model = gateway.upstream_model;
-    out.provider = gateway.provider;
-    out.provider_kind = gateway.provider_kind;
-    out.upstream_status = gateway.upstream_status;
-    out.stream = gateway.stream;
-    out.input_tokens = gateway.input_tokens;
-    out.output_tokens = gateway.output_tokens;
-    out.first_chunk_ms = gateway.first_chunk_ms;
-    out.error = gateway.error;
-    if out.status.is_none() {
-        out.status = gateway.status;
+/// Sleeps until `fd` is readable or `timeout` passes.
+fn wait_readable(fd: std::os::fd::RawFd, timeout: Duration) {
+    let mut pollfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let millis = libc::c_int::try_from(timeout.as_millis()).unwrap_or(100);
+    // SAFETY: one valid pollfd for the duration of the call.
+    unsafe {
+        libc::poll(&mut pollfd, 1, millis);
     }
-    out.partial |= gateway.partial;
-    out.notes.extend(gateway.notes);
-    out
 }

@@ -1,29 +1,28 @@
 //! eBPF capture: loads the kernel programs (embedded in the binary), points
 //! them at this process's listening socket, and turns the records they send
-//! through the ring buffer into the header half of each call record. A
-//! thread drains the ring buffer every `POLL_EVERY`; the programs wake it
-//! early when a lot is pending. Kernel timestamps (CLOCK_MONOTONIC) are
-//! turned into wall-clock time with an offset measured at start.
+//! through the ring buffer into the header half of each call. The collector
+//! thread drains the ring buffer (see `collector::KernelFeed`) every batch
+//! period; the programs make it readable early when a lot is pending.
+//! Kernel timestamps (CLOCK_MONOTONIC) are turned into wall-clock time with
+//! an offset measured at start.
 
+use std::borrow::Cow;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use apx_capture::common::{self as common, RequestRecord, ResponseRecord};
 use apx_capture::{Capture, Exchange, Joiner};
 
 use super::capture::scheme_name;
-use super::collector::{Event, JoinKey, KernelCall, LogSink};
+use super::collector::{JoinKey, KernelFeed};
 use super::fingerprint::FingerprintKey;
-use super::record::{CallRecord, Capture as CaptureKind, CredentialSeen};
+use super::record::{self, CallEntry, Capture as CaptureKind, CredentialEntry};
 
-const POLL_EVERY: Duration = Duration::from_millis(50);
 /// Kernel half-exchanges waiting for their other half at most: the programs
 /// track 2048 connections and HTTP/1.1 answers one request at a time, so
 /// beyond this the oldest belong to connections whose close record was lost
 /// (ring buffer full) and are dropped, counted in `kernel.unjoined_evicted`.
 const MAX_PENDING: usize = 8192;
-const COUNTERS_EVERY: Duration = Duration::from_secs(1);
 /// Ring buffer size in bytes, instead of the programs' 2 MiB: a power of two,
 /// at least one page. For tests (a tiny ring to provoke drops) and tuning;
 /// the config has no setting for it.
@@ -37,16 +36,21 @@ pub struct EbpfSettings {
     pub extra_headers: Vec<String>,
 }
 
-/// A running capture; dropping it detaches the programs.
+/// Loaded and attached programs with their ring buffer; dropping it
+/// detaches the programs.
 pub struct EbpfCapture {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    capture: Capture,
+    joiner: Joiner,
+    /// Header name of each capture slot, shared by every record.
+    names: Vec<Arc<str>>,
+    clock: WallClock,
+    evicted: u64,
     pub load_time: Duration,
 }
 
 impl EbpfCapture {
-    /// Loads and attaches the programs, then starts the drain thread.
-    pub fn start(settings: &EbpfSettings, sink: LogSink) -> Result<EbpfCapture, String> {
+    /// Loads and attaches the programs.
+    pub fn start(settings: &EbpfSettings) -> Result<EbpfCapture, String> {
         let config = apx_capture::Config {
             fingerprint_key: settings.fingerprint_key.bytes(),
             extra_headers: settings.extra_headers.clone(),
@@ -59,34 +63,50 @@ impl EbpfCapture {
         };
         let capture = Capture::start(&config).map_err(|err| err.0)?;
         let load_time = capture.attach_time;
-        let stop = Arc::new(AtomicBool::new(false));
-        let names = slot_names(&settings.extra_headers);
-        let thread = {
-            let stop = stop.clone();
-            std::thread::Builder::new()
-                .name("apx-ebpf-drain".into())
-                .spawn(move || drain(capture, sink, names, stop))
-                .map_err(|err| format!("cannot start the drain thread: {err}"))?
-        };
         Ok(EbpfCapture {
-            stop,
-            thread: Some(thread),
+            capture,
+            joiner: Joiner::new(),
+            names: slot_names(&settings.extra_headers),
+            clock: WallClock::measure(),
+            evicted: 0,
             load_time,
         })
     }
-
-    /// Drains what is left and stops the thread (the programs detach).
-    pub fn stop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
 }
 
-impl Drop for EbpfCapture {
-    fn drop(&mut self) {
-        self.stop();
+impl KernelFeed for EbpfCapture {
+    fn wait_fd(&self) -> std::os::fd::RawFd {
+        self.capture.ring_fd()
+    }
+
+    fn drain(&mut self, deliver: &mut dyn FnMut(CallEntry, Option<JoinKey>)) {
+        let EbpfCapture {
+            capture,
+            joiner,
+            names,
+            clock,
+            ..
+        } = self;
+        capture.poll(|record| {
+            for exchange in joiner.push(record) {
+                let (entry, key) = to_entry(&exchange, names, clock);
+                deliver(entry, key);
+            }
+        });
+        self.evicted += self.joiner.evict_over(MAX_PENDING) as u64;
+    }
+
+    fn counters(&mut self) -> Vec<(String, u64)> {
+        let Ok(stats) = self.capture.stats() else {
+            return Vec::new();
+        };
+        vec![
+            ("kernel.ringbuf_drops".into(), stats.ringbuf_drops),
+            ("kernel.conn_map_full".into(), stats.conn_map_full),
+            ("kernel.args_map_full".into(), stats.args_map_full),
+            ("kernel.records".into(), stats.records),
+            ("kernel.unjoined_evicted".into(), self.evicted),
+        ]
     }
 }
 
@@ -107,61 +127,12 @@ fn ring_bytes_from_env() -> Result<Option<u32>, String> {
 }
 
 /// Header names of the capture slots, in slot order.
-fn slot_names(extra: &[String]) -> Vec<String> {
+fn slot_names(extra: &[String]) -> Vec<Arc<str>> {
     common::FIELD_NAMES
         .iter()
-        .map(|n| n.to_string())
-        .chain(extra.iter().map(|n| n.to_ascii_lowercase()))
+        .map(|n| Arc::from(*n))
+        .chain(extra.iter().map(|n| Arc::from(n.to_ascii_lowercase())))
         .collect()
-}
-
-fn drain(mut capture: Capture, sink: LogSink, names: Vec<String>, stop: Arc<AtomicBool>) {
-    let clock = WallClock::measure();
-    let mut joiner = Joiner::new();
-    let mut last_counters = Instant::now();
-    let mut evicted = 0u64;
-    loop {
-        let stopping = stop.load(Ordering::Relaxed);
-        let delivered = capture.poll(|record| {
-            for exchange in joiner.push(record) {
-                sink.send(Event::Kernel(Box::new(to_call(&exchange, &names, &clock))));
-            }
-        });
-        evicted += joiner.evict_over(MAX_PENDING) as u64;
-        // The collector stores the counters with each batch it writes: send
-        // them after every delivery, so the stored values account for at
-        // least the records stored with them.
-        if delivered > 0 || stopping || last_counters.elapsed() >= COUNTERS_EVERY {
-            last_counters = Instant::now();
-            if let Ok(stats) = capture.stats() {
-                sink.send(Event::KernelCounters(vec![
-                    ("kernel.ringbuf_drops".into(), stats.ringbuf_drops),
-                    ("kernel.conn_map_full".into(), stats.conn_map_full),
-                    ("kernel.args_map_full".into(), stats.args_map_full),
-                    ("kernel.records".into(), stats.records),
-                    ("kernel.unjoined_evicted".into(), evicted),
-                ]));
-            }
-        }
-        if stopping {
-            return;
-        }
-        wait_readable(capture.ring_fd(), POLL_EVERY);
-    }
-}
-
-/// Sleeps until the ring buffer has data or `timeout` passes.
-fn wait_readable(fd: std::os::fd::RawFd, timeout: Duration) {
-    let mut pollfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let millis = libc::c_int::try_from(timeout.as_millis()).unwrap_or(100);
-    // SAFETY: one valid pollfd for the duration of the call.
-    unsafe {
-        libc::poll(&mut pollfd, 1, millis);
-    }
 }
 
 /// Converts CLOCK_MONOTONIC nanoseconds (the kernel's `bpf_ktime_get_ns`)
@@ -194,8 +165,8 @@ impl WallClock {
     }
 }
 
-fn ms_between(from: u64, to: u64) -> Option<f64> {
-    (from != 0 && to >= from).then(|| (to - from) as f64 / 1e6)
+fn ns_between(from: u64, to: u64) -> Option<u64> {
+    (from != 0 && to >= from).then(|| to - from)
 }
 
 /// Flag bits worth a note in the record.
@@ -223,23 +194,24 @@ const INCOMPLETE: u32 = common::F_PARTIAL
     | common::F_BUDGET
     | common::F_READ_ERROR;
 
-fn to_call(exchange: &Exchange, names: &[String], clock: &WallClock) -> KernelCall {
-    let mut record = CallRecord {
+fn to_entry(
+    exchange: &Exchange,
+    names: &[Arc<str>],
+    clock: &WallClock,
+) -> (CallEntry, Option<JoinKey>) {
+    let mut record = CallEntry {
         capture: Some(CaptureKind::Ebpf),
-        ..CallRecord::default()
+        ..CallEntry::default()
     };
     let mut flags = 0;
     let mut key = None;
     if let Some(request) = exchange.request.as_deref() {
         flags |= request.hdr.flags;
         fill_request(&mut record, request, names, clock);
-        key = record.client_address.as_ref().and_then(|_| {
-            let ip = request.conn.peer_ip()?;
-            Some(JoinKey {
-                peer_ip: ip.to_canonical(),
-                peer_port: request.conn.peer_port,
-                seq: request.hdr.seq,
-            })
+        key = record.client.map(|(ip, port)| JoinKey {
+            peer_ip: ip,
+            peer_port: port,
+            seq: request.hdr.seq,
         });
     } else {
         record.notes.push(
@@ -259,28 +231,27 @@ fn to_call(exchange: &Exchange, names: &[String], clock: &WallClock) -> KernelCa
     }
     for (bit, note) in FLAG_NOTES {
         if flags & bit != 0 {
-            record.notes.push(note.into());
+            record.notes.push(Cow::Borrowed(note));
         }
     }
     record.partial |= flags & INCOMPLETE != 0;
-    KernelCall { key, record }
+    (record, key)
 }
 
 fn fill_request(
-    record: &mut CallRecord,
+    record: &mut CallEntry,
     request: &RequestRecord,
-    names: &[String],
+    names: &[Arc<str>],
     clock: &WallClock,
 ) {
     record.time_unix_ns = clock.wall(request.ts_first_ns);
     if let Some(ip) = request.conn.peer_ip() {
-        record.client_address = Some(ip.to_canonical().to_string());
-        record.client_port = Some(request.conn.peer_port);
+        record.client = Some((ip.to_canonical(), request.conn.peer_port));
     }
     record.server_port = (request.conn.local_port != 0).then_some(request.conn.local_port);
-    record.method = request.method();
+    record.method = record::method_name(&request.method());
     record.path = request.path();
-    record.http_version = request.version();
+    record.http_version = record::version_name(&request.version());
     for (slot, name) in names.iter().enumerate() {
         if let Some(value) = request.field(slot) {
             record.headers.push((name.clone(), value));
@@ -288,10 +259,10 @@ fn fill_request(
     }
     for (slot, credential) in request.creds.iter().enumerate() {
         if credential.count > 0 {
-            record.credentials.push(CredentialSeen {
-                header: common::CRED_NAMES[slot].to_string(),
-                scheme: scheme_name(credential.scheme).to_string(),
-                fingerprint: apx_capture::common::user::fp_hex(credential.fp),
+            record.credentials.push(CredentialEntry {
+                header: common::CRED_NAMES[slot],
+                scheme: scheme_name(credential.scheme),
+                fingerprint: credential.fp,
             });
         }
     }
@@ -303,7 +274,7 @@ fn fill_request(
 }
 
 fn fill_response(
-    record: &mut CallRecord,
+    record: &mut CallEntry,
     response: &ResponseRecord,
     request: Option<&RequestRecord>,
     clock: &WallClock,
@@ -312,8 +283,8 @@ fn fill_response(
     record.response_bytes = Some(response.bytes);
     match request {
         Some(request) => {
-            record.duration_ms = ms_between(request.ts_first_ns, response.ts_end_ns);
-            record.response_start_ms = ms_between(request.ts_first_ns, response.ts_first_ns);
+            record.duration_ns = ns_between(request.ts_first_ns, response.ts_end_ns);
+            record.response_start_ns = ns_between(request.ts_first_ns, response.ts_first_ns);
         }
         None => record.time_unix_ns = clock.wall(response.ts_first_ns),
     }

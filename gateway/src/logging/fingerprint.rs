@@ -71,7 +71,12 @@ impl FingerprintKey {
 
     /// 16 hex digits.
     pub fn fingerprint(&self, token: &[u8]) -> String {
-        common::user::fp_hex(common::fingerprint(self.k0, self.k1, token))
+        common::user::fp_hex(self.fingerprint_value(token))
+    }
+
+    /// The fingerprint as a number (the form the kernel records carry).
+    pub fn fingerprint_value(&self, token: &[u8]) -> u64 {
+        common::fingerprint(self.k0, self.k1, token)
     }
 }
 

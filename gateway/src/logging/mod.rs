@@ -11,6 +11,7 @@ pub mod record;
 pub mod ticket;
 pub mod usage;
 
+use std::borrow::Cow;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -21,7 +22,7 @@ use crate::store::logs::LogStore;
 use capture::CaptureList;
 use collector::{CollectorConfig, Event, LogSink};
 use fingerprint::FingerprintKey;
-use record::{CallRecord, Capture};
+use record::{CallEntry, Capture};
 pub use ticket::{ConnContext, GatewayFacts, LogTicket};
 
 /// The capture mode in effect, and why.
@@ -59,7 +60,6 @@ pub struct Logging {
     capture_list: CaptureList,
     fingerprints: Option<FingerprintKey>,
     collector: Mutex<Option<std::thread::JoinHandle<()>>>,
-    ebpf: Mutex<Option<ebpf::EbpfCapture>>,
 }
 
 /// The gateway's listening socket, which the kernel programs watch.
@@ -76,7 +76,6 @@ fn choose_capture(
     listener: Option<ListenerInfo>,
     fingerprints: &FingerprintKey,
     extra_headers: &[String],
-    sink: &LogSink,
 ) -> Result<(ActiveCapture, Option<ebpf::EbpfCapture>), LoggingError> {
     let userspace = |reason: String| {
         Ok((
@@ -92,19 +91,16 @@ fn choose_capture(
     }
     let attempt = match listener {
         None => Err("the listening socket is not known".to_string()),
-        Some(listener) => ebpf::EbpfCapture::start(
-            &ebpf::EbpfSettings {
-                listener_fd: listener.fd,
-                listener_port: listener.port,
-                fingerprint_key: *fingerprints,
-                extra_headers: extra_headers
-                    .iter()
-                    .take(apx_capture_common::EXTRA_SLOTS)
-                    .cloned()
-                    .collect(),
-            },
-            sink.clone(),
-        ),
+        Some(listener) => ebpf::EbpfCapture::start(&ebpf::EbpfSettings {
+            listener_fd: listener.fd,
+            listener_port: listener.port,
+            fingerprint_key: *fingerprints,
+            extra_headers: extra_headers
+                .iter()
+                .take(apx_capture_common::EXTRA_SLOTS)
+                .cloned()
+                .collect(),
+        }),
     };
     match (attempt, mode) {
         (Ok(capture), _) => {
@@ -139,7 +135,6 @@ impl Logging {
             capture_list: CaptureList::new(&[]),
             fingerprints: None,
             collector: Mutex::new(None),
-            ebpf: Mutex::new(None),
         }
     }
 
@@ -158,28 +153,24 @@ impl Logging {
             }
         })?;
         let store = LogStore::open(&config.log_store_path())?;
+        let (active, ebpf) =
+            choose_capture(settings.capture, listener, &fingerprints, &settings.headers)?;
+        let kernel = ebpf.map(|feed| Box::new(feed) as Box<dyn collector::KernelFeed>);
         let (sink, handle) = collector::start(
             store,
             CollectorConfig {
                 retention: settings.retention.0,
                 max_bytes: settings.max_size.0,
             },
+            kernel,
         )
         .map_err(LoggingError::Thread)?;
-        let (active, ebpf) = choose_capture(
-            settings.capture,
-            listener,
-            &fingerprints,
-            &settings.headers,
-            &sink,
-        )?;
         Ok(Logging {
             active,
             sink: Some(sink),
             capture_list: CaptureList::new(&settings.headers),
             fingerprints: Some(fingerprints),
             collector: Mutex::new(Some(handle)),
-            ebpf: Mutex::new(ebpf),
         })
     }
 
@@ -192,38 +183,34 @@ impl Logging {
         let sink = self.sink.as_ref()?;
         let started = Instant::now();
         let capture = self.active.capture?;
-        let mut record = CallRecord {
+        let mut record = CallEntry {
             time_unix_ns: ticket::now_unix_ns(),
-            ..CallRecord::default()
+            ..CallEntry::default()
         };
-        match capture {
-            Capture::Userspace => {
-                record.client_address = Some(conn.peer.ip().to_canonical().to_string());
-                record.client_port = Some(conn.peer.port());
-                record.server_port = Some(conn.local_port);
-                record.method = request.method().as_str().to_string();
-                let target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
-                let cap = apx_capture_common::PATH_CAP;
-                if target.len() > cap {
-                    record.notes.push("path truncated".into());
-                }
-                record.path = truncate_utf8(target, cap).to_string();
-                record.http_version = format!("{:?}", request.version());
-                let (headers, truncated) = self.capture_list.headers(request.headers());
-                record.headers = headers;
-                if truncated {
-                    record.notes.push("a header value was truncated".into());
-                }
-                if let Some(key) = &self.fingerprints {
-                    record.credentials = capture::credentials(request.headers(), key);
-                }
-                record.request_bytes = request
-                    .headers()
-                    .get(http::header::CONTENT_LENGTH)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse().ok());
+        if capture == Capture::Userspace {
+            record.client = Some((conn.peer.ip().to_canonical(), conn.peer.port()));
+            record.server_port = Some(conn.local_port);
+            record.method = record::method_name(request.method().as_str());
+            let target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
+            let cap = apx_capture_common::PATH_CAP;
+            if target.len() > cap {
+                record.notes.push("path truncated".into());
             }
-            Capture::Ebpf => {}
+            record.path = truncate_utf8(target, cap).to_string();
+            record.http_version = Cow::Borrowed(version_text(request.version()));
+            let (headers, truncated) = self.capture_list.headers(request.headers());
+            record.headers = headers;
+            if truncated {
+                record.notes.push("a header value was truncated".into());
+            }
+            if let Some(key) = &self.fingerprints {
+                record.credentials = capture::credentials(request.headers(), key);
+            }
+            record.request_bytes = request
+                .headers()
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok());
         }
         let join = (capture == Capture::Ebpf).then(|| collector::JoinKey {
             peer_ip: conn.peer.ip().to_canonical(),
@@ -247,10 +234,8 @@ impl Logging {
     /// Writes what is pending and stops the collector.
     pub fn stop(&self, timeout: Duration) {
         let Some(sink) = &self.sink else { return };
-        // Drain the kernel's last records into the collector first.
-        if let Some(mut capture) = self.ebpf.lock().ok().and_then(|mut c| c.take()) {
-            capture.stop();
-        }
+        // The collector drains the kernel's last records before it writes;
+        // the programs detach when it ends.
         sink.flush(timeout);
         sink.send(Event::Stop);
         let handle = self.collector.lock().ok().and_then(|mut h| h.take());
@@ -266,6 +251,16 @@ impl Logging {
                 .channel_drops
                 .load(std::sync::atomic::Ordering::Relaxed)
         })
+    }
+}
+
+fn version_text(version: http::Version) -> &'static str {
+    match version {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_2 => "HTTP/2.0",
+        http::Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/1.1",
     }
 }
 

@@ -1,6 +1,10 @@
 //! The record of one API call: the header elements (captured in the kernel
 //! or in user space) joined with what only the gateway knows.
 
+use std::borrow::Cow;
+use std::net::IpAddr;
+use std::sync::Arc;
+
 use serde_json::{Map, Value, json};
 
 /// Where a record's header elements came from.
@@ -36,6 +40,102 @@ pub struct CredentialSeen {
     pub scheme: String,
     /// Keyed SipHash-2-4 of the token, 16 hex digits.
     pub fingerprint: String,
+}
+
+/// What only the gateway knows about a call. Filled by the proxy whether or
+/// not logging is on (it is a handful of pointer copies).
+#[derive(Clone, Debug, Default)]
+pub struct GatewayFacts {
+    pub key_id: Option<Arc<str>>,
+    pub key_name: Option<Arc<str>>,
+    pub model: Option<Arc<str>>,
+    pub upstream_model: Option<Arc<str>>,
+    pub provider: Option<Arc<str>>,
+    pub provider_kind: Option<&'static str>,
+    pub stream: bool,
+    pub upstream_status: Option<u16>,
+    pub error: Option<&'static str>,
+}
+
+/// A credential header on its way to the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CredentialEntry {
+    /// Lower-case header name.
+    pub header: &'static str,
+    /// `bearer`, `basic`, `other` or `none`.
+    pub scheme: &'static str,
+    /// Keyed SipHash-2-4 of the token.
+    pub fingerprint: u64,
+}
+
+/// A call on its way to the store. Built on the request path and in the
+/// kernel-record drain, so it holds shared and static strings and plain
+/// numbers: text for SQL is made only when the collector writes the batch.
+/// The kernel half and the gateway half of an eBPF-captured call are both
+/// entries, merged by [`CallEntry::absorb_gateway_half`].
+#[derive(Clone, Debug, Default)]
+pub struct CallEntry {
+    pub capture: Option<Capture>,
+    pub partial: bool,
+    pub notes: Vec<Cow<'static, str>>,
+    /// Wall clock of the request's first byte, ns since the Unix epoch.
+    pub time_unix_ns: i64,
+    pub client: Option<(IpAddr, u16)>,
+    pub server_port: Option<u16>,
+    pub method: Cow<'static, str>,
+    pub path: String,
+    pub http_version: Cow<'static, str>,
+    pub status: Option<u16>,
+    /// Request first byte → response last byte.
+    pub duration_ns: Option<u64>,
+    /// Request first byte → response first byte.
+    pub response_start_ns: Option<u64>,
+    /// Request first byte → first body chunk from the upstream.
+    pub first_chunk_ns: Option<u64>,
+    pub request_bytes: Option<u64>,
+    pub response_bytes: Option<u64>,
+    /// Selected request headers: shared lower-case name, value.
+    pub headers: Vec<(Arc<str>, String)>,
+    pub credentials: Vec<CredentialEntry>,
+    pub facts: GatewayFacts,
+    pub input_tokens: Option<u64>,
+    pub output_tokens: Option<u64>,
+}
+
+impl CallEntry {
+    /// Completes the kernel's header elements with what only the gateway
+    /// knows: key, route, tokens and upstream timings.
+    pub fn absorb_gateway_half(&mut self, gateway: CallEntry) {
+        self.facts = gateway.facts;
+        self.input_tokens = gateway.input_tokens;
+        self.output_tokens = gateway.output_tokens;
+        self.first_chunk_ns = gateway.first_chunk_ns;
+        if self.status.is_none() {
+            self.status = gateway.status;
+        }
+        self.partial |= gateway.partial;
+        self.notes.extend(gateway.notes);
+    }
+}
+
+/// HTTP method names as shared static text (no allocation for the usual ones).
+pub fn method_name(method: &str) -> Cow<'static, str> {
+    const KNOWN: [&str; 9] = [
+        "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE",
+    ];
+    match KNOWN.iter().find(|known| **known == method) {
+        Some(known) => Cow::Borrowed(known),
+        None => Cow::Owned(method.to_string()),
+    }
+}
+
+/// HTTP version text as shared static text for the usual ones.
+pub fn version_name(version: &str) -> Cow<'static, str> {
+    const KNOWN: [&str; 5] = ["HTTP/1.1", "HTTP/1.0", "HTTP/2.0", "HTTP/3.0", "HTTP/0.9"];
+    match KNOWN.iter().find(|known| **known == version) {
+        Some(known) => Cow::Borrowed(known),
+        None => Cow::Owned(version.to_string()),
+    }
 }
 
 /// One call, as stored and shown by `apx logs`.

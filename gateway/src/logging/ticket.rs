@@ -3,13 +3,13 @@
 //! response body is done (or dropped because the client left).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use http::{HeaderMap, header};
 
 use super::collector::{Event, JoinKey, LogSink};
-use super::record::{CallRecord, Capture};
+pub use super::record::GatewayFacts;
+use super::record::{CallEntry, Capture};
 use super::usage::{TapMode, UsageTap};
 
 /// Where a request came from, for joining with kernel records.
@@ -21,25 +21,10 @@ pub struct ConnContext {
     pub seq: u32,
 }
 
-/// What only the gateway knows about a call. Filled by the proxy whether or
-/// not logging is on (it is a handful of pointer copies).
-#[derive(Clone, Debug, Default)]
-pub struct GatewayFacts {
-    pub key_id: Option<Arc<str>>,
-    pub key_name: Option<Arc<str>>,
-    pub model: Option<Arc<str>>,
-    pub upstream_model: Option<Arc<str>>,
-    pub provider: Option<Arc<str>>,
-    pub provider_kind: Option<&'static str>,
-    pub stream: bool,
-    pub upstream_status: Option<u16>,
-    pub error: Option<&'static str>,
-}
-
 pub struct LogTicket {
     sink: LogSink,
     started: Instant,
-    record: CallRecord,
+    record: CallEntry,
     join: Option<JoinKey>,
     tap: UsageTap,
     first_chunk: Option<Duration>,
@@ -52,7 +37,7 @@ impl LogTicket {
     pub(super) fn new(
         sink: LogSink,
         capture: Capture,
-        record: CallRecord,
+        record: CallEntry,
         join: Option<JoinKey>,
         started: Instant,
     ) -> LogTicket {
@@ -73,16 +58,7 @@ impl LogTicket {
 
     /// Takes in what the proxy learned.
     pub fn absorb(&mut self, facts: GatewayFacts) {
-        let to_string = |v: Option<Arc<str>>| v.map(|s| s.to_string());
-        self.record.key_id = to_string(facts.key_id);
-        self.record.key_name = to_string(facts.key_name);
-        self.record.model = to_string(facts.model);
-        self.record.upstream_model = to_string(facts.upstream_model);
-        self.record.provider = to_string(facts.provider);
-        self.record.provider_kind = facts.provider_kind.map(str::to_string);
-        self.record.stream = facts.stream;
-        self.record.upstream_status = facts.upstream_status;
-        self.record.error = facts.error.map(str::to_string);
+        self.record.facts = facts;
     }
 
     /// The response head is ready to go: note the status and decide whether
@@ -97,7 +73,7 @@ impl LogTicket {
             .get(header::CONTENT_TYPE)
             .map(|v| v.as_bytes())
             .unwrap_or_default();
-        let mode = if !plain || self.record.upstream_status.is_none() {
+        let mode = if !plain || self.record.facts.upstream_status.is_none() {
             TapMode::Off
         } else if content_type.starts_with(b"text/event-stream") {
             TapMode::Sse
@@ -122,20 +98,20 @@ impl LogTicket {
     }
 }
 
-fn millis(duration: Duration) -> f64 {
-    duration.as_secs_f64() * 1000.0
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
 
 impl Drop for LogTicket {
     fn drop(&mut self) {
         self.tap.finish();
         let record = &mut self.record;
-        record.duration_ms = Some(millis(self.started.elapsed()));
-        record.response_start_ms = self.response_start.map(millis);
-        record.first_chunk_ms = self
+        record.duration_ns = Some(nanos(self.started.elapsed()));
+        record.response_start_ns = self.response_start.map(nanos);
+        record.first_chunk_ns = self
             .first_chunk
-            .filter(|_| record.upstream_status.is_some())
-            .map(millis);
+            .filter(|_| record.facts.upstream_status.is_some())
+            .map(nanos);
         record.response_bytes = Some(self.response_bytes);
         record.input_tokens = self.tap.input_tokens;
         record.output_tokens = self.tap.output_tokens;

@@ -6,10 +6,9 @@ use std::time::{Duration, SystemTime};
 
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, params_from_iter};
-use serde_json::json;
 
 use super::{StoreError, open_sqlite};
-use crate::logging::record::{CallRecord, Capture};
+use crate::logging::record::{CallEntry, CallRecord, Capture};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS calls (
@@ -126,7 +125,7 @@ impl LogStore {
     }
 
     /// Writes records in one transaction: they are all stored, or none is.
-    pub fn insert(&mut self, records: &[CallRecord]) -> Result<(), StoreError> {
+    pub fn insert(&mut self, records: &[CallEntry]) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         {
             let mut statement = tx.prepare_cached(
@@ -138,40 +137,41 @@ impl LogStore {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
                     ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29)",
             )?;
+            // Text made per row goes into these, reused across the batch.
+            let mut text = RowText::default();
             for record in records {
-                let headers = json!(record.headers).to_string();
-                let credentials = json!(record.credentials).to_string();
-                let notes = (!record.notes.is_empty()).then(|| record.notes.join("; "));
+                text.fill(record);
+                let facts = &record.facts;
                 statement.execute(rusqlite::params![
                     record.time_unix_ns,
                     record.capture.map(Capture::name),
                     record.partial,
-                    notes,
-                    record.client_address,
-                    record.client_port,
+                    (!record.notes.is_empty()).then_some(text.notes.as_str()),
+                    record.client.map(|_| text.client_address.as_str()),
+                    record.client.map(|(_, port)| port),
                     record.server_port,
-                    record.method,
+                    record.method.as_ref(),
                     record.path,
-                    record.http_version,
+                    record.http_version.as_ref(),
                     record.status,
-                    record.duration_ms,
-                    record.response_start_ms,
+                    record.duration_ns.map(millis),
+                    record.response_start_ns.map(millis),
                     record.request_bytes.map(clamp_i64),
                     record.response_bytes.map(clamp_i64),
-                    headers,
-                    credentials,
-                    record.key_id,
-                    record.key_name,
-                    record.model,
-                    record.upstream_model,
-                    record.provider,
-                    record.provider_kind,
-                    record.upstream_status,
-                    record.stream,
+                    text.headers.as_str(),
+                    text.credentials.as_str(),
+                    facts.key_id.as_deref(),
+                    facts.key_name.as_deref(),
+                    facts.model.as_deref(),
+                    facts.upstream_model.as_deref(),
+                    facts.provider.as_deref(),
+                    facts.provider_kind,
+                    facts.upstream_status,
+                    facts.stream,
                     record.input_tokens.map(clamp_i64),
                     record.output_tokens.map(clamp_i64),
-                    record.first_chunk_ms,
-                    record.error,
+                    record.first_chunk_ns.map(millis),
+                    facts.error,
                 ])?;
             }
         }
@@ -307,6 +307,88 @@ impl LogStore {
     }
 }
 
+fn millis(nanos: u64) -> f64 {
+    nanos as f64 / 1e6
+}
+
+/// The text columns of one row, built by hand into reused buffers: the
+/// JSON shapes are fixed (`[[name, value], …]` and
+/// `[{"header":…,"scheme":…,"fingerprint":…}, …]`, what `read_row` parses).
+#[derive(Default)]
+struct RowText {
+    notes: String,
+    client_address: String,
+    headers: String,
+    credentials: String,
+}
+
+impl RowText {
+    fn fill(&mut self, record: &CallEntry) {
+        use std::fmt::Write;
+        self.notes.clear();
+        for (i, note) in record.notes.iter().enumerate() {
+            if i > 0 {
+                self.notes.push_str("; ");
+            }
+            self.notes.push_str(note);
+        }
+        self.client_address.clear();
+        if let Some((ip, _)) = record.client {
+            let _ = write!(self.client_address, "{ip}");
+        }
+        self.headers.clear();
+        self.headers.push('[');
+        for (i, (name, value)) in record.headers.iter().enumerate() {
+            if i > 0 {
+                self.headers.push(',');
+            }
+            self.headers.push('[');
+            push_json_string(&mut self.headers, name);
+            self.headers.push(',');
+            push_json_string(&mut self.headers, value);
+            self.headers.push(']');
+        }
+        self.headers.push(']');
+        self.credentials.clear();
+        self.credentials.push('[');
+        for (i, credential) in record.credentials.iter().enumerate() {
+            if i > 0 {
+                self.credentials.push(',');
+            }
+            self.credentials.push_str("{\"header\":");
+            push_json_string(&mut self.credentials, credential.header);
+            self.credentials.push_str(",\"scheme\":");
+            push_json_string(&mut self.credentials, credential.scheme);
+            let _ = write!(
+                self.credentials,
+                ",\"fingerprint\":\"{:016x}\"}}",
+                credential.fingerprint
+            );
+        }
+        self.credentials.push(']');
+    }
+}
+
+/// Appends `text` as a JSON string literal.
+fn push_json_string(out: &mut String, text: &str) {
+    use std::fmt::Write;
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
 fn clamp_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
@@ -359,26 +441,32 @@ fn read_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<CallRecord> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::logging::record::CredentialSeen;
+    use crate::logging::record::{CredentialEntry, GatewayFacts};
 
-    fn record(n: i64, status: u16, model: &str) -> CallRecord {
-        CallRecord {
+    fn record(n: i64, status: u16, model: &str) -> CallEntry {
+        CallEntry {
             time_unix_ns: crate::time::unix_nanos(SystemTime::now()) + n,
             capture: Some(Capture::Userspace),
             method: "POST".into(),
             path: "/v1/chat/completions".into(),
             status: Some(status),
-            model: Some(model.into()),
-            key_id: Some("key_1".into()),
-            key_name: Some("alice".into()),
-            headers: vec![("user-agent".into(), "test".into())],
-            credentials: vec![CredentialSeen {
-                header: "authorization".into(),
-                scheme: "bearer".into(),
-                fingerprint: "00112233aabbccdd".into(),
+            facts: GatewayFacts {
+                model: Some(model.into()),
+                key_id: Some("key_1".into()),
+                key_name: Some("alice".into()),
+                ..GatewayFacts::default()
+            },
+            headers: vec![("user-agent".into(), "te\"st\n\u{1}é".into())],
+            credentials: vec![CredentialEntry {
+                header: "authorization",
+                scheme: "bearer",
+                fingerprint: 0x0011_2233_aabb_ccdd,
             }],
+            notes: vec!["a".into(), "b".into()],
+            client: Some(("::1".parse().unwrap(), 4242)),
+            duration_ns: Some(1_500_000),
             input_tokens: Some(3),
-            ..CallRecord::default()
+            ..CallEntry::default()
         }
     }
 
@@ -398,8 +486,14 @@ mod tests {
         assert_eq!(all.len(), 3);
         assert_eq!(
             all[0].headers,
-            vec![("user-agent".to_string(), "test".to_string())]
+            vec![("user-agent".to_string(), "te\"st\n\u{1}é".to_string())]
         );
+        assert_eq!(all[0].notes, vec!["a".to_string(), "b".to_string()]);
+        assert_eq!(all[0].client_address.as_deref(), Some("::1"));
+        assert_eq!(all[0].client_port, Some(4242));
+        assert_eq!(all[0].duration_ms, Some(1.5));
+        assert_eq!(all[0].credentials[0].header, "authorization");
+        assert_eq!(all[0].credentials[0].scheme, "bearer");
         assert_eq!(all[0].credentials[0].fingerprint, "00112233aabbccdd");
         assert_eq!(all[0].input_tokens, Some(3));
         let by_model = LogQuery {
