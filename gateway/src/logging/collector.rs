@@ -174,6 +174,8 @@ struct Collector {
     waiting_gateway: JoinMap<(Box<CallEntry>, Instant)>,
     waiting_kernel: JoinMap<(CallEntry, Instant)>,
     kernel_counters: Vec<(String, u64)>,
+    /// Counter values as last written to the store.
+    stored_counters: Vec<(String, u64)>,
     last_trim: Instant,
 }
 
@@ -193,6 +195,7 @@ impl Collector {
             waiting_gateway: JoinMap::default(),
             waiting_kernel: JoinMap::default(),
             kernel_counters: Vec::new(),
+            stored_counters: Vec::new(),
             last_trim: Instant::now(),
         }
     }
@@ -257,10 +260,7 @@ impl Collector {
                 self.write();
             }
         });
-        let values = kernel.counters();
-        if values != self.kernel_counters {
-            self.kernel_counters = values;
-        }
+        self.kernel_counters = kernel.counters();
         self.kernel = Some(kernel);
     }
 
@@ -332,41 +332,71 @@ impl Collector {
             }
         }
     }
+    /// Writes the batch, and the counters that changed, in one transaction.
     fn write(&mut self) {
         if self.batch.is_empty() {
             return;
         }
         let count = self.batch.len() as u64;
-        match self.store.insert(&self.batch) {
+        let changed = self.changed_counters();
+        match self.store.insert(&self.batch, &changed) {
             Ok(()) => {
                 self.counters.written.fetch_add(count, Ordering::Relaxed);
+                self.remember_stored(changed);
             }
             Err(err) => {
                 self.counters
                     .write_failures
                     .fetch_add(count, Ordering::Relaxed);
                 tracing::warn!(error = %err, records = count, "cannot write request records");
+                self.store_counters();
             }
         }
         self.batch.clear();
-        self.store_counters();
     }
 
-    fn store_counters(&self) {
-        let mut values = vec![
+    /// Writes the counters that changed since they were last stored.
+    fn store_counters(&mut self) {
+        let changed = self.changed_counters();
+        if changed.is_empty() {
+            return;
+        }
+        match self.store.insert(&[], &changed) {
+            Ok(()) => self.remember_stored(changed),
+            Err(err) => tracing::debug!(error = %err, "cannot store the counters"),
+        }
+    }
+
+    fn changed_counters(&self) -> Vec<(String, u64)> {
+        let gateway = [
             (
-                "gateway.channel_drops".to_string(),
+                "gateway.channel_drops",
                 self.counters.channel_drops.load(Ordering::Relaxed),
             ),
             (
-                "gateway.write_failures".to_string(),
+                "gateway.write_failures",
                 self.counters.write_failures.load(Ordering::Relaxed),
             ),
         ];
-        values.extend(self.kernel_counters.iter().cloned());
-        for (name, value) in values {
-            if let Err(err) = self.store.set_counter(&name, value) {
-                tracing::debug!(error = %err, "cannot store a counter");
+        let kernel = self.kernel_counters.iter().map(|(n, v)| (n.as_str(), *v));
+        gateway
+            .into_iter()
+            .chain(kernel)
+            .filter(|(name, value)| {
+                !self
+                    .stored_counters
+                    .iter()
+                    .any(|(stored, old)| stored == name && old == value)
+            })
+            .map(|(name, value)| (name.to_string(), value))
+            .collect()
+    }
+
+    fn remember_stored(&mut self, written: Vec<(String, u64)>) {
+        for (name, value) in written {
+            match self.stored_counters.iter_mut().find(|(n, _)| *n == name) {
+                Some(slot) => slot.1 = value,
+                None => self.stored_counters.push((name, value)),
             }
         }
     }

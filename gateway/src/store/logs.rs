@@ -124,10 +124,24 @@ impl LogStore {
         Ok(LogStore { conn })
     }
 
-    /// Writes records in one transaction: they are all stored, or none is.
-    pub fn insert(&mut self, records: &[CallEntry]) -> Result<(), StoreError> {
+    /// Writes records, and counter values (records dropped and why, for
+    /// `apx logs --stats`), in one transaction: all are stored, or none is.
+    pub fn insert(
+        &mut self,
+        records: &[CallEntry],
+        counters: &[(String, u64)],
+    ) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
-        {
+        if !counters.is_empty() {
+            let mut statement = tx.prepare_cached(
+                "INSERT INTO counters (name, value) VALUES (?1, ?2)
+                 ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+            )?;
+            for (name, value) in counters {
+                statement.execute(rusqlite::params![name, clamp_i64(*value)])?;
+            }
+        }
+        if !records.is_empty() {
             let mut statement = tx.prepare_cached(
                 "INSERT INTO calls (time_ns, capture, partial, notes, client_address, client_port,
                     server_port, method, path, http_version, status, duration_ms, response_start_ms,
@@ -281,16 +295,6 @@ impl LogStore {
             .query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
         let size: i64 = self.conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
         Ok(u64::try_from((pages - free) * size).unwrap_or(0))
-    }
-
-    /// Stores a counter (records dropped and why), for `apx logs --stats`.
-    pub fn set_counter(&self, name: &str, value: u64) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT INTO counters (name, value) VALUES (?1, ?2)
-             ON CONFLICT(name) DO UPDATE SET value = excluded.value",
-            rusqlite::params![name, clamp_i64(value)],
-        )?;
-        Ok(())
     }
 
     pub fn counters(&self) -> Result<Vec<(String, u64)>, StoreError> {
@@ -476,12 +480,19 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let mut store = LogStore::open(&dir.join("logs.db")).unwrap();
         store
-            .insert(&[
-                record(1, 200, "a"),
-                record(2, 429, "b"),
-                record(3, 503, "a"),
-            ])
+            .insert(
+                &[
+                    record(1, 200, "a"),
+                    record(2, 429, "b"),
+                    record(3, 503, "a"),
+                ],
+                &[("kernel.records".to_string(), 7)],
+            )
             .unwrap();
+        assert_eq!(
+            store.counters().unwrap(),
+            vec![("kernel.records".to_string(), 7)]
+        );
         let all = store.query(&LogQuery::default()).unwrap();
         assert_eq!(all.len(), 3);
         assert_eq!(
@@ -532,7 +543,7 @@ mod tests {
 
         let mut old = record(0, 200, "old");
         old.time_unix_ns -= 3_600 * 1_000_000_000;
-        store.insert(&[old]).unwrap();
+        store.insert(&[old], &[]).unwrap();
         assert_eq!(store.trim(Duration::from_secs(60), u64::MAX).unwrap(), 1);
         assert_eq!(store.count().unwrap(), 3);
         assert!(store.trim(Duration::from_secs(3600), 0).unwrap() >= 1);
