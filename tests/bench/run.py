@@ -883,7 +883,8 @@ def check_targets(results: dict, variants: list[str]) -> list[dict]:
         tnadded = None if not (tn and td) else tn["median_us"] - td["median_us"]
         add("streaming: added time to first chunk (median)",
             None if tadded is None else tadded < TTFC_ADDED_MAX_US,
-            "-" if tadded is None else f"{tadded:.0f} µs (nginx: {tnadded:.0f} µs)",
+            "-" if tadded is None else
+            f"{tadded:.0f} µs" + ("" if tnadded is None else f" (nginx: {tnadded:.0f} µs)"),
             f"< {TTFC_ADDED_MAX_US:.0f} µs")
 
         mem = results["memory"].get(name)
