@@ -657,6 +657,20 @@ def profile_apx(args, apx_bin: Path, variant: Path, tmp: Path, mock: Server,
 # ------------------------------------------------------------ completeness
 
 
+def store_insert_cost(bin_dir: Path) -> dict | None:
+    """CPU per row of the log store alone (gateway/examples/store_insert.rs):
+    the floor under any logging variant's added CPU per request."""
+    exe = bin_dir / "examples" / "store_insert"
+    if not exe.exists():
+        return None
+    out = subprocess.run([str(exe), "100000"], capture_output=True, text=True, timeout=300)
+    m = re.search(r"cpu_us_per_row=([\d.]+) wall_us_per_row=([\d.]+)", out.stdout)
+    if not m:
+        return {"error": (out.stdout + out.stderr).strip()}
+    return {"rows": 100000, "cpu_us_per_row": float(m.group(1)),
+            "wall_us_per_row": float(m.group(2))}
+
+
 def read_logs_db(db: Path) -> dict:
     """Row counts of `calls` and the `counters` table of a gateway's logs.db."""
     out = {"records": 0, "status_200": 0, "partial": 0, "by_capture": {}, "counters": {}}
@@ -827,6 +841,13 @@ def report(results: dict) -> str:
                    "flight when it stopped, so the gateway answered between `completed` and "
                    f"`completed + {comp[0]['conns']}`: PASS = every completed request has a "
                    "record or a counted drop, and records − completed ≤ connections.\n")
+    store = results.get("store")
+    if store and "cpu_us_per_row" in store:
+        out.append("### Log store alone (gateway/examples/store_insert.rs)\n")
+        out.append(f"`LogStore::insert` of {store['rows']} calls in batches of 512 into a fresh "
+                   f"logs.db (WAL, 4 indexes): **{store['cpu_us_per_row']:.1f} µs CPU per row** "
+                   f"({store['wall_us_per_row']:.1f} µs wall). Every logging variant pays this "
+                   "per request on top of its capture cost.\n")
     out.append("### Targets\n")
     out.append("| variant | target | measured | limit | result |")
     out.append("|---|---|---:|---:|---|")
@@ -1053,6 +1074,9 @@ def main() -> int:
         cmd = ["cargo", "build", "--release", "-p", "apx-cli", "-p", "apx-mock-upstream"]
         log(" ".join(cmd))
         subprocess.run(cmd, cwd=REPO, check=True)
+        cmd = ["cargo", "build", "--release", "-p", "apx-gateway", "--example", "store_insert"]
+        log(" ".join(cmd))
+        subprocess.run(cmd, cwd=REPO, check=True)
         if args.profile:
             cmd = ["cargo", "build", "--profile", "profiling", "-p", "apx-cli", "-p",
                    "apx-mock-upstream"]
@@ -1127,6 +1151,7 @@ def main() -> int:
                         server.stop()
                 for v in comp_variants:
                     results["completeness"].append(completeness_run(args, apx_bin, v, tmp, mock))
+            results["store"] = store_insert_cost(args.bin_dir)
             results["targets"] = check_targets(results, [v.stem for v in variants])
             if args.profile:
                 prof_bin = args.profile_bin_dir / "apx"
