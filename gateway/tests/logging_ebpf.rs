@@ -653,6 +653,83 @@ async fn every_call_gives_one_complete_kernel_record() {
     assert!(counter(&gw, "kernel.records").is_some_and(|n| n > 0));
 }
 
+/// HTTP/2 (h2c prior knowledge) on the same port: the kernel programs parse
+/// HTTP/1.x only, so these calls are captured in user space, each record
+/// says so, nothing waits for a kernel half, and the kernel's view of the
+/// HTTP/2 connection does not turn into a record of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_calls_under_ebpf_are_captured_in_user_space() {
+    if !ebpf_tests_run("h2c_calls_under_ebpf_are_captured_in_user_space") {
+        return;
+    }
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let mut gw = start_ebpf().await;
+    let stream = TcpStream::connect(gw.addr).await.expect("connect");
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2c handshake");
+    let driver = tokio::spawn(connection);
+    let calls = 3;
+    for n in 0..calls {
+        let request = http::Request::post(format!("http://{}/v1/chat/completions", gw.addr))
+            .header("authorization", format!("Bearer {CLIENT_KEY}"))
+            .header("content-type", "application/json")
+            .header("user-agent", "apx-h2c-test/1.0")
+            .header("x-request-id", format!("h2c-{n}"))
+            .body(Full::new(bytes::Bytes::from(openai_body(
+                "gpt-alias",
+                false,
+            ))))
+            .expect("request");
+        let response = match sender.send_request(request).await {
+            Ok(response) => response,
+            Err(err) => panic!(
+                "h2c call: {err}; gateway: {}",
+                gateway_failure(&mut gw).await
+            ),
+        };
+        assert_eq!(response.status(), 200);
+        let body = response.into_body().collect().await.expect("body");
+        assert!(!body.to_bytes().is_empty());
+    }
+    drop(sender);
+    let _ = tokio::time::timeout(Duration::from_secs(5), driver).await;
+    // No join window to wait out: the records come at the next batch.
+    let records = wait_records(&gw, calls, Duration::from_secs(1)).await;
+    assert_eq!(records.len(), calls, "{records:#?}");
+    let key_fp = fingerprint(&gw, CLIENT_KEY);
+    for n in 0..calls {
+        let what = format!("h2c-{n}");
+        let record = by_request_id(&records, &what);
+        assert_eq!(record.capture, Some(Capture::Userspace), "{what}: capture");
+        assert!(
+            record.notes.iter().any(|note| note.contains("HTTP/2")),
+            "{what}: notes {:?}",
+            record.notes
+        );
+        assert!(!record.partial, "{what}: partial");
+        assert_eq!(record.method, "POST", "{what}: method");
+        assert_eq!(record.path, "/v1/chat/completions", "{what}: path");
+        assert_eq!(record.http_version, "HTTP/2.0", "{what}: version");
+        assert_eq!(record.status, Some(200), "{what}: status");
+        assert_eq!(record.header("user-agent"), Some("apx-h2c-test/1.0"));
+        assert_eq!(record.model.as_deref(), Some("gpt-alias"), "{what}: model");
+        assert_eq!(record.input_tokens, Some(2), "{what}: input tokens");
+        assert_eq!(record.credentials.len(), 1, "{what}: credentials");
+        assert_eq!(
+            record.credentials[0].fingerprint, key_fp,
+            "{what}: fingerprint"
+        );
+    }
+    tokio::time::sleep(JOIN_WINDOW + Duration::from_millis(400)).await;
+    let later = wait_records(&gw, 0, Duration::ZERO).await;
+    assert_eq!(later.len(), calls, "{later:#?}");
+    assert_no_secret(&gw.state_dir, &[CLIENT_KEY]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kernel_and_userspace_capture_agree() {
     if !ebpf_tests_run("kernel_and_userspace_capture_agree") {

@@ -89,6 +89,10 @@ impl KernelFeed for EbpfCapture {
         } = self;
         capture.poll(|record| {
             for exchange in joiner.push(record) {
+                if is_http2(&exchange) {
+                    // Its calls are recorded from user space (see `Logging::begin`).
+                    continue;
+                }
                 let (entry, key) = to_entry(&exchange, names, clock);
                 deliver(entry, key);
             }
@@ -193,6 +197,13 @@ const INCOMPLETE: u32 = common::F_PARTIAL
     | common::F_NOT_HTTP
     | common::F_BUDGET
     | common::F_READ_ERROR;
+
+/// The connection began with the HTTP/2 preface: the kernel parsed nothing.
+fn is_http2(exchange: &Exchange) -> bool {
+    let request = exchange.request.as_ref().map_or(0, |r| r.hdr.flags);
+    let response = exchange.response.as_ref().map_or(0, |r| r.hdr.flags);
+    (request | response) & common::F_H2 != 0
+}
 
 fn to_entry(
     exchange: &Exchange,

@@ -182,10 +182,20 @@ impl Logging {
     pub fn begin<B>(&self, request: &Request<B>, conn: &ConnContext) -> Option<Box<LogTicket>> {
         let sink = self.sink.as_ref()?;
         let started = Instant::now();
-        let capture = self.active.capture?;
         let mut record = CallEntry {
             time_unix_ns: ticket::now_unix_ns(),
             ..CallEntry::default()
+        };
+        let capture = match self.active.capture? {
+            // The kernel programs parse HTTP/1.x only: HTTP/2 (h2c) calls
+            // are captured here, and say so.
+            Capture::Ebpf if !is_http1(request.version()) => {
+                record.notes.push(
+                    "HTTP/2: captured in user space (the kernel programs parse HTTP/1.x)".into(),
+                );
+                Capture::Userspace
+            }
+            capture => capture,
         };
         if capture == Capture::Userspace {
             record.client = Some((conn.peer.ip().to_canonical(), conn.peer.port()));
@@ -252,6 +262,10 @@ impl Logging {
                 .load(std::sync::atomic::Ordering::Relaxed)
         })
     }
+}
+
+fn is_http1(version: http::Version) -> bool {
+    matches!(version, http::Version::HTTP_10 | http::Version::HTTP_11)
 }
 
 fn version_text(version: http::Version) -> &'static str {
