@@ -263,6 +263,28 @@ impl Sip {
         self.len += 8;
     }
 
+    /// Absorb the low `n` bytes of `w` (`n` < 8; the other bytes are
+    /// ignored); the same as `n` calls of [`Sip::push`].
+    #[inline(always)]
+    pub fn push_tail(&mut self, w: u64, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let w = w & ((1u64 << (8 * (n & 7))) - 1);
+        let bits = (self.len & 7) * 8;
+        let filled = bits + 8 * n;
+        self.m |= w << bits;
+        self.len += n;
+        if filled >= 64 {
+            let m = self.m;
+            self.v3 ^= m;
+            self.round();
+            self.round();
+            self.v0 ^= m;
+            self.m = if bits == 0 { 0 } else { w >> (64 - bits) };
+        }
+    }
+
     /// The 64-bit hash of the bytes absorbed so far (the state is not changed).
     #[inline(always)]
     pub fn finish(&self) -> u64 {
@@ -301,6 +323,78 @@ pub const fn has_byte(w: u64, b: u8) -> bool {
     const ONES: u64 = 0x0101_0101_0101_0101;
     let x = w ^ (ONES * b as u64);
     x.wrapping_sub(ONES) & !x & (ONES * 0x80) != 0
+}
+
+// ---- word-at-a-time byte classes (lanes = the 8 bytes of a little-endian word) ----
+//
+// Each `*_lanes` function returns a mask with bit 7 of every lane whose byte
+// is in the class, and no other bit, exactly (no carries between lanes: the
+// subtractions run on lanes that are all >= 0x80). The kernel parser uses
+// them to find the end of a header line, the name's colon, or a byte that
+// needs the slow path, 8 bytes per instruction sequence.
+
+const LANE_ONES: u64 = 0x0101_0101_0101_0101;
+const LANE_HIGH: u64 = 0x8080_8080_8080_8080;
+
+/// Lanes whose byte is in `lo..=hi` (`hi < 0x80`; bytes >= 0x80 never match).
+#[inline(always)]
+pub const fn range_lanes(w: u64, lo: u8, hi: u8) -> u64 {
+    let x = (w & !LANE_HIGH) | LANE_HIGH;
+    let ge_lo = x.wrapping_sub(LANE_ONES * lo as u64);
+    let gt_hi = x.wrapping_sub(LANE_ONES * (hi as u64 + 1));
+    ge_lo & !gt_hi & !w & LANE_HIGH
+}
+
+/// Lanes whose byte is `b` (`b < 0x80`).
+#[inline(always)]
+pub const fn byte_lanes(w: u64, b: u8) -> u64 {
+    range_lanes(w, b, b)
+}
+
+/// Lanes whose byte may not appear in a header value: control bytes other
+/// than HT (CR and LF included) and DEL.
+#[inline(always)]
+pub const fn value_bad_lanes(w: u64) -> u64 {
+    range_lanes(w, 0x00, 0x08) | range_lanes(w, 0x0a, 0x1f) | byte_lanes(w, 0x7f)
+}
+
+/// Lanes whose byte is not an RFC 9110 `tchar` (header-name byte).
+#[inline(always)]
+pub const fn not_tchar_lanes(w: u64) -> u64 {
+    (w & LANE_HIGH)
+        | range_lanes(w, 0x00, 0x20)
+        | byte_lanes(w, b'"')
+        | range_lanes(w, b'(', b')')
+        | byte_lanes(w, b',')
+        | byte_lanes(w, b'/')
+        | range_lanes(w, b':', b'@')
+        | range_lanes(w, b'[', b']')
+        | byte_lanes(w, b'{')
+        | byte_lanes(w, b'}')
+        | byte_lanes(w, 0x7f)
+}
+
+/// `w` with ASCII upper-case letters lower-cased.
+#[inline(always)]
+pub const fn lower8(w: u64) -> u64 {
+    w | (range_lanes(w, b'A', b'Z') >> 2)
+}
+
+/// Index (0..8) of the first lane set in a non-zero lane mask.
+#[inline(always)]
+pub const fn first_lane(m: u64) -> u64 {
+    let low = m & m.wrapping_neg();
+    (low >> 7).wrapping_mul(0x0001_0203_0405_0607) >> 56
+}
+
+/// Lane mask of the first `n` lanes (all 8 for `n >= 8`).
+#[inline(always)]
+pub const fn first_lanes(n: u64) -> u64 {
+    if n >= 8 {
+        LANE_HIGH
+    } else {
+        LANE_HIGH & ((1u64 << (8 * n)) - 1)
+    }
 }
 
 /// Fingerprint of a whole token, as user space computes it for its known keys.
@@ -578,6 +672,75 @@ mod tests {
             for b in [b' ', b'\r', 0x7f, 0x00, 0xff, bytes[(seed >> 24) as usize % 8]] {
                 assert_eq!(has_byte(w, b), bytes.contains(&b), "{b:02x} in {bytes:02x?}");
             }
+        }
+    }
+
+    #[test]
+    fn push_tail_is_n_pushes_at_any_offset() {
+        let (k0, k1) = (0x1111_2222_3333_4444, 0x5555_6666_7777_8888);
+        let data: Vec<u8> = (0..40u8).map(|i| i.wrapping_mul(97).wrapping_add(3)).collect();
+        for head in 0..9 {
+            for n in 0..8 {
+                let mut bytewise = Sip::new(k0, k1);
+                let mut tailwise = Sip::new(k0, k1);
+                for &b in &data[..head] {
+                    bytewise.push(b);
+                    tailwise.push(b);
+                }
+                let chunk: [u8; 8] = data[head..head + 8].try_into().unwrap();
+                for &b in &chunk[..n] {
+                    bytewise.push(b);
+                }
+                tailwise.push_tail(u64::from_le_bytes(chunk), n as u64);
+                assert_eq!(bytewise, tailwise, "head {head} n {n}");
+                for &b in &data[head + 8..head + 20] {
+                    bytewise.push(b);
+                    tailwise.push(b);
+                }
+                assert_eq!(bytewise.finish(), tailwise.finish(), "head {head} n {n}");
+            }
+        }
+    }
+
+    #[test]
+    fn lane_classes_match_byte_checks() {
+        fn tchar(b: u8) -> bool {
+            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+        }
+        let lanes = |w: u64, f: &dyn Fn(u8) -> bool| -> u64 {
+            let mut m = 0;
+            for (i, b) in w.to_le_bytes().into_iter().enumerate() {
+                if f(b) {
+                    m |= 0x80 << (8 * i);
+                }
+            }
+            m
+        };
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for round in 0..300_000u32 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            // Every byte value in every lane, next to random neighbours.
+            let mut bytes = seed.to_le_bytes();
+            bytes[(round % 8) as usize] = (round / 8 % 256) as u8;
+            let w = u64::from_le_bytes(bytes);
+            assert_eq!(not_tchar_lanes(w), lanes(w, &|b| !tchar(b)), "{bytes:02x?}");
+            assert_eq!(
+                value_bad_lanes(w),
+                lanes(w, &|b| (b < 0x20 && b != b'\t') || b == 0x7f),
+                "{bytes:02x?}"
+            );
+            assert_eq!(byte_lanes(w, b'\n'), lanes(w, &|b| b == b'\n'));
+            assert_eq!(byte_lanes(w, b' '), lanes(w, &|b| b == b' '));
+            assert_eq!(range_lanes(w, b'0', b'9'), lanes(w, &|b| b.is_ascii_digit()));
+            let lowered = u64::from_le_bytes(bytes.map(|b| b.to_ascii_lowercase()));
+            assert_eq!(lower8(w), lowered, "{bytes:02x?}");
+            let m = lanes(w, &|b| b == bytes[(seed >> 40) as usize % 8]);
+            assert_eq!(first_lane(m), (m.trailing_zeros() / 8) as u64);
+        }
+        for n in 0..10 {
+            assert_eq!(first_lanes(n), lanes(u64::MAX, &|_| true) & if n >= 8 { u64::MAX } else { (1u64 << (8 * n)) - 1 });
         }
     }
 

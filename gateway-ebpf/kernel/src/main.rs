@@ -22,8 +22,8 @@ use core::mem::size_of;
 use apx_capture_common::*;
 use aya_ebpf::{
     helpers::generated::{
-        bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_loop,
-        bpf_probe_read_kernel, bpf_probe_read_user,
+        bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_get_smp_processor_id,
+        bpf_ktime_get_ns, bpf_loop, bpf_probe_read_kernel, bpf_probe_read_user, bpf_task_pt_regs,
     },
     macros::{map, tracepoint},
     maps::{Array, HashMap, PerCpuArray, RingBuf},
@@ -56,6 +56,24 @@ pub static EXTRA_H1: Global<u64> = Global::new(0);
 pub static EXTRA_H2: Global<u64> = Global::new(0);
 #[no_mangle]
 pub static EXTRA_H3: Global<u64> = Global::new(0);
+
+/// Offsets in the kernel's `struct pt_regs` of the first three syscall
+/// arguments as the task's registers were saved at syscall entry, for the
+/// architecture the loader runs on (x86_64: di, si, dx = 112, 104, 96;
+/// arm64: orig_x0, x1, x2 = 272, 8, 16: x0 already holds the result).
+/// `REGS_ARGS` 1: the read/write exit programs take fd, buffer and length
+/// from there (`bpf_task_pt_regs`) and the matching enter programs are not
+/// attached at all — half the tracepoints, no `ARGS` map churn per syscall.
+/// 0 (an architecture the loader has no offsets for): enter programs stash
+/// the arguments in `ARGS`, as before.
+#[no_mangle]
+static REGS_ARGS: Global<u32> = Global::new(0);
+#[no_mangle]
+static REGS_ARG0: Global<u32> = Global::new(112);
+#[no_mangle]
+static REGS_ARG1: Global<u32> = Global::new(104);
+#[no_mangle]
+static REGS_ARG2: Global<u32> = Global::new(96);
 
 // ---- maps -------------------------------------------------------------------
 
@@ -146,6 +164,32 @@ fn stash(ctx: &TracePointContext, kind: u32) {
     let cnt = arg::<u64>(ctx, ARG2).unwrap_or(0);
     if ARGS.insert(&id, &Args { fd, kind, ptr, cnt }, 0).is_err() {
         stat_add(stats::ARGS_MAP_FULL, 1);
+    }
+}
+
+/// The current syscall's fd, pointer and count, read from the registers
+/// the task saved at syscall entry (see `REGS_ARGS`); `None` for another
+/// process. `fd` is looked up first: most calls are on untracked fds.
+#[inline(always)]
+fn args_from_regs() -> Option<Args> {
+    ours()?;
+    unsafe {
+        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const u8;
+        let fd = read_kernel_u64(regs, REGS_ARG0.load())? as u32;
+        let ptr = read_kernel_u64(regs, REGS_ARG1.load())?;
+        let cnt = read_kernel_u64(regs, REGS_ARG2.load())?;
+        Some(Args { fd, kind: 0, ptr, cnt })
+    }
+}
+
+#[inline(always)]
+unsafe fn read_kernel_u64(base: *const u8, off: u32) -> Option<u64> {
+    let mut v = 0u64;
+    let src = base.add((off & 0x1ff) as usize);
+    if bpf_probe_read_kernel(&mut v as *mut u64 as *mut c_void, 8, src as *const c_void) == 0 {
+        Some(v)
+    } else {
+        None
     }
 }
 
@@ -296,49 +340,64 @@ pub fn enter_writev(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn exit_read(ctx: TracePointContext) -> u32 {
-    on_io_exit(&ctx);
+    on_io_exit::<false, false>(&ctx);
     0
 }
 #[tracepoint]
 pub fn exit_recvfrom(ctx: TracePointContext) -> u32 {
-    on_io_exit(&ctx);
+    on_io_exit::<false, false>(&ctx);
     0
 }
 #[tracepoint]
 pub fn exit_readv(ctx: TracePointContext) -> u32 {
-    on_io_exit(&ctx);
+    on_io_exit::<false, true>(&ctx);
     0
 }
 #[tracepoint]
 pub fn exit_write(ctx: TracePointContext) -> u32 {
-    on_io_exit(&ctx);
+    on_io_exit::<true, false>(&ctx);
     0
 }
 #[tracepoint]
 pub fn exit_sendto(ctx: TracePointContext) -> u32 {
-    on_io_exit(&ctx);
+    on_io_exit::<true, false>(&ctx);
     0
 }
 #[tracepoint]
 pub fn exit_writev(ctx: TracePointContext) -> u32 {
-    on_io_exit(&ctx);
+    on_io_exit::<true, true>(&ctx);
     0
 }
 
 const EAGAIN: i64 = 11;
 const EINTR: i64 = 4;
 
+/// Exit of a read (`RESP` false) or write (`RESP` true) syscall. One
+/// direction per program: `bpf_loop` then has a single, constant callback,
+/// which the verifier inlines into a plain loop (a helper call with an
+/// indirect call per step otherwise, a retpoline on this kernel).
 #[inline(always)]
-fn on_io_exit(ctx: &TracePointContext) {
-    let Some(a) = take(ctx) else { return };
-    if a.kind == K_ACCEPT {
-        return;
-    }
-    let Some(ret) = arg::<i64>(ctx, RET) else { return };
+fn on_io_exit<const RESP: bool, const VEC: bool>(ctx: &TracePointContext) {
+    let a = if REGS_ARGS.load() != 0 {
+        let Some(a) = args_from_regs() else { return };
+        a
+    } else {
+        let Some(a) = take(ctx) else { return };
+        let want = match (RESP, VEC) {
+            (false, false) => K_READ,
+            (false, true) => K_READV,
+            (true, false) => K_WRITE,
+            (true, true) => K_WRITEV,
+        };
+        if a.kind != want {
+            return;
+        }
+        a
+    };
     let Some(c) = CONNS.get_ptr_mut(&a.fd) else { return };
-    let resp = a.kind == K_WRITE || a.kind == K_WRITEV;
+    let Some(ret) = arg::<i64>(ctx, RET) else { return };
     if ret <= 0 {
-        if !resp {
+        if !RESP {
             let cc = unsafe { &mut *c };
             if ret == 0 {
                 cc.flags |= F_PEER_EOF;
@@ -353,33 +412,33 @@ fn on_io_exit(ctx: &TracePointContext) {
     unsafe {
         let sc = &mut *s;
         sc.now = now;
-        sc.pos = 0;
-        sc.win_len = 0;
-        sc.win_start = 0;
+        zero(&mut sc.pos);
+        zero(&mut sc.win_len);
+        zero(&mut sc.win_start);
         sc.total_left = ret as u64;
-        if a.kind == K_READV || a.kind == K_WRITEV {
+        if VEC {
             sc.iov_ptr = a.ptr;
             sc.iov_cnt = a.cnt;
-            sc.iov_idx = 0;
-            sc.iov_n = 0;
-            sc.cur_ptr = 0;
-            sc.cur_len = 0;
+            zero(&mut sc.iov_idx);
+            zero(&mut sc.iov_n);
+            zero(&mut sc.cur_ptr);
+            zero(&mut sc.cur_len);
         } else {
-            sc.iov_ptr = 0;
-            sc.iov_cnt = 0;
-            sc.iov_idx = 0;
+            zero(&mut sc.iov_ptr);
+            zero(&mut sc.iov_cnt);
+            zero(&mut sc.iov_idx);
             sc.cur_ptr = a.ptr;
             sc.cur_len = ret as u64;
-            sc.total_left = 0;
+            zero(&mut sc.total_left);
         }
         let cc = &mut *c;
-        if resp {
+        if RESP {
             cc.bytes_out += ret as u64;
         } else {
             cc.bytes_in += ret as u64;
         }
         let mut lc = parse::LoopCtx { conn: c, scratch: s };
-        let cb: *mut c_void = if resp {
+        let cb: *mut c_void = if RESP {
             parse::resp_cb as *mut c_void
         } else {
             parse::req_cb as *mut c_void
@@ -391,9 +450,9 @@ fn on_io_exit(ctx: &TracePointContext) {
             unseen += (*s).cur_len - (*s).pos;
         }
         if unseen > 0 {
-            parse::skip_unseen(&mut *c, resp, unseen, now);
+            parse::skip_unseen(&mut *c, RESP, unseen, now);
         }
-        if resp {
+        if RESP {
             parse::after_write(&mut *c, now);
         }
     }
@@ -425,6 +484,14 @@ pub fn exit_socket(ctx: TracePointContext) -> u32 {
 }
 
 // ---- helpers used by parse ------------------------------------------------------
+
+/// Store a zero that LLVM may not merge with its neighbours into a
+/// `memset` call: bpf-linker turns that into a byte-at-a-time loop
+/// subprogram (24 iterations for three u64 fields).
+#[inline(always)]
+pub(crate) fn zero(p: &mut u64) {
+    unsafe { core::ptr::write_volatile(p, 0) };
+}
 
 /// Copy `len` bytes of user memory; false on fault.
 #[inline(always)]

@@ -12,7 +12,7 @@ use core::mem::{offset_of, size_of};
 
 use apx_capture_common::*;
 
-use crate::{emit, extra_hashes, fp_key, read_user, zero_from_template};
+use crate::{emit, zero, extra_hashes, fp_key, read_user, zero_from_template};
 
 /// Window of user bytes copied at a time.
 pub const WIN: usize = 512;
@@ -142,6 +142,8 @@ const ST_TRAILER_END_LF: u8 = 20;
 const ST_BODY_CLOSE: u8 = 21;
 const ST_DEAD: u8 = 22;
 
+const LANE_HIGH8: u64 = 0x8080_8080_8080_8080;
+
 const CR: u8 = b'\r';
 const LF: u8 = b'\n';
 
@@ -230,9 +232,9 @@ unsafe fn step<const RESP: bool>(ctx: *mut c_void) -> i64 {
         s.total_left -= n;
         s.cur_ptr = base;
         s.cur_len = n;
-        s.pos = 0;
-        s.win_start = 0;
-        s.win_len = 0;
+        zero(&mut s.pos);
+        zero(&mut s.win_start);
+        zero(&mut s.win_len);
         return 0;
     }
 
@@ -277,17 +279,19 @@ unsafe fn step<const RESP: bool>(ctx: *mut c_void) -> i64 {
         s.win_len = n;
     }
     let idx = ((s.pos - s.win_start) as usize) & (WIN - 1);
-    // Word paths: 8 plain bytes of a header value or of the request target
-    // in one step (the byte path below does the same 8 times).
-    if (st == ST_HVAL || (!RESP && st == ST_L1B)) && s.pos + 8 <= s.win_start + s.win_len && idx <= WIN - 8 {
+    // Word paths: the run of up to 8 bytes at the cursor that the byte path
+    // would treat alike (header-name bytes, plain value or target bytes, a
+    // whole `HTTP/1.x`) in one step; the byte that ends the run goes to the
+    // byte path. Lanes are found with the word-at-a-time classes of common
+    // (exact, unit-tested against byte checks).
+    if idx <= WIN - 8 && (st == ST_HSTART || st == ST_HNAME || st == ST_HOWS || st == ST_HVAL || st <= ST_L1C) {
+        let avail = s.win_start + s.win_len - s.pos;
+        let valid = first_lanes(avail);
+        let n = if avail < 8 { avail } else { 8 };
         let w = u64::from_le(core::ptr::read_unaligned(s.buf.as_ptr().add(idx) as *const u64));
-        let done = if st == ST_HVAL {
-            plain8(w) && value_word::<RESP>(c, w)
-        } else {
-            plain8(w) && !has_byte(w, b' ') && target_word(c, w)
-        };
-        if done {
-            s.pos += 8;
+        let k = word_step::<RESP>(c, st, w, valid, n, s.now);
+        if k > 0 {
+            s.pos += k;
             return 0;
         }
     }
@@ -473,23 +477,164 @@ unsafe fn request_line(c: &mut Conn, st: u8, b: u8) {
     }
 }
 
-/// 8 bytes of the request target (no space, no control byte) at once; false
-/// when they straddle the end of the kept part (then byte by byte).
+/// Length of the run at the start of `w` (`n` valid bytes, lane mask
+/// `valid`) whose lanes are not in `stop`, or `n` if none is.
 #[inline(always)]
-unsafe fn target_word(c: &mut Conn, w: u64) -> bool {
+fn run_len(stop: u64, valid: u64, n: u64) -> u64 {
+    let m = stop & valid;
+    if m == 0 {
+        n
+    } else {
+        first_lane(m)
+    }
+}
+
+/// One word step (see `step`): bytes consumed, 0 = take the byte path.
+#[inline(always)]
+unsafe fn word_step<const RESP: bool>(c: &mut Conn, st: u8, w: u64, valid: u64, n: u64, now: u64) -> u64 {
+    if st == ST_START || (!RESP && st == ST_L1A) {
+        let b0 = w & 0xff;
+        if st == ST_START && (b0 == CR as u64 || b0 == LF as u64) {
+            return 0;
+        }
+        if RESP {
+            // The whole response version at once.
+            let lw = lower8(w).swap_bytes();
+            if n < 8 || (lw != TAIL_HTTP11 && lw != TAIL_HTTP10) {
+                return 0;
+            }
+            begin::<true>(c, now);
+            c.rs.tok = 8;
+            c.rs.tail = lw;
+            c.resp.bytes += 8;
+            return 8;
+        }
+        // A run of method bytes (upper case, '-', '_').
+        let ok = range_lanes(w, b'A', b'Z') | byte_lanes(w, b'-') | byte_lanes(w, b'_');
+        let k = run_len(!ok & LANE_HIGH8, valid, n);
+        if k == 0 {
+            return 0;
+        }
+        if st == ST_START {
+            begin::<false>(c, now);
+        }
+        let i = c.rq.tok as usize;
+        if i + 8 > METHOD_CAP {
+            return 0;
+        }
+        core::ptr::write_unaligned(c.req.method.as_mut_ptr().add(i) as *mut u64, keep_low(w, k).to_le());
+        let low = lower8(keep_low(w, k)).swap_bytes() >> (64 - 8 * k);
+        let d = &mut c.rq;
+        d.tail = if k >= 8 { low } else { (d.tail << (8 * k)) | low };
+        d.tok += k as u32;
+        d.st = ST_L1A;
+        c.req.bytes += k;
+        return k;
+    }
+    if RESP && st == ST_L1C {
+        // Reason phrase: everything up to CR/LF.
+        let k = run_len(byte_lanes(w, CR) | byte_lanes(w, LF), valid, n);
+        c.resp.bytes += k;
+        return k;
+    }
+    if st == ST_HSTART || st == ST_HNAME {
+        let k = run_len(not_tchar_lanes(w), valid, n);
+        if k == 0 {
+            return 0;
+        }
+        let d = c_dir::<RESP>(c);
+        let mut h = if st == ST_HSTART { FNV_OFFSET } else { d.name_hash };
+        let lw = lower8(w);
+        let mut lane = 0;
+        while lane < 8 {
+            if lane >= k {
+                break;
+            }
+            h = (h ^ ((lw >> (8 * lane)) & 0xff)).wrapping_mul(FNV_PRIME);
+            lane += 1;
+        }
+        d.name_hash = h;
+        d.st = ST_HNAME;
+        add_bytes::<RESP>(c, k);
+        return k;
+    }
+    if st == ST_HOWS || st == ST_HVAL {
+        // Leading spaces/tabs of the value stay on the byte path.
+        if st == ST_HOWS && (w & 0xff == b' ' as u64 || w & 0xff == b'\t' as u64) {
+            return 0;
+        }
+        let k = run_len(value_bad_lanes(w), valid, n);
+        if k == 0 || !value_run::<RESP>(c, w, k) {
+            return 0;
+        }
+        c_dir::<RESP>(c).st = ST_HVAL;
+        return k;
+    }
+    if st == ST_L1C && !RESP && c.rq.tok == 0 && n == 8 {
+        // The whole request version at once.
+        let lw = lower8(w).swap_bytes();
+        if lw == TAIL_HTTP11 || lw == TAIL_HTTP10 {
+            core::ptr::write_unaligned(c.req.version.as_mut_ptr() as *mut u64, w.to_le());
+            c.rq.tok = 8;
+            c.rq.tail = lw;
+            c.req.bytes += 8;
+            return 8;
+        }
+        return 0;
+    }
+    if st == ST_L1A && RESP && c.rs.tok == 0 && c.rs.open != 0 && n == 8 {
+        // The whole response version at once (the message was begun by
+        // the byte path: ST_L1A is only reached through `begin`).
+        let lw = lower8(w).swap_bytes();
+        if lw == TAIL_HTTP11 || lw == TAIL_HTTP10 {
+            c.rs.tok = 8;
+            c.rs.tail = lw;
+            c.resp.bytes += 8;
+            return 8;
+        }
+        return 0;
+    }
+    if st == ST_L1B && !RESP {
+        let stop = range_lanes(w, 0, b' ') | byte_lanes(w, 0x7f);
+        let k = run_len(stop, valid, n);
+        if k == 0 || !target_run(c, w, k) {
+            return 0;
+        }
+        return k;
+    }
+    0
+}
+
+/// `k` (1..=8) bytes of the request target (no space, no control byte) at
+/// once, the low `k` bytes of `w`; false (nothing done) when they would
+/// straddle the end of the kept part (then byte by byte).
+#[inline(always)]
+unsafe fn target_run(c: &mut Conn, w: u64, k: u64) -> bool {
     let i = c.rq.tok as usize;
     if i < PATH_CAP && i + 8 > PATH_CAP {
         return false;
     }
     if i + 8 <= PATH_CAP {
+        // Lanes past `k` are written as zero (the record was zeroed at
+        // `begin`, later bytes overwrite them).
         let p = c.req.path.as_mut_ptr().add(i);
-        core::ptr::write_unaligned(p as *mut u64, w.to_le());
+        core::ptr::write_unaligned(p as *mut u64, keep_low(w, k).to_le());
     } else {
         c.rq.flags |= F_PATH_TRUNC;
     }
-    c.rq.tok += 8;
-    c.req.bytes += 8;
+    c.rq.tok += k as u32;
+    c.req.bytes += k;
     true
+}
+
+/// The low `k` (1..=8) bytes of `w`, the others zero.
+#[inline(always)]
+fn keep_low(w: u64, k: u64) -> u64 {
+    if k >= 8 {
+        w
+    } else {
+        w & ((1u64 << (8 * k)) - 1)
+    }
 }
 
 #[inline(always)]
@@ -734,14 +879,14 @@ unsafe fn value_byte<const RESP: bool>(c: &mut Conn, b: u8) {
 /// of a capture slot. Same effect as 8 `value_byte` calls otherwise; false
 /// (nothing done) when the bytes must go one by one.
 #[inline(always)]
-unsafe fn value_word<const RESP: bool>(c: &mut Conn, w: u64) -> bool {
+unsafe fn value_run<const RESP: bool>(c: &mut Conn, w: u64, k: u64) -> bool {
     let d = c_dir::<RESP>(c);
     if d.special != 0 {
         return false;
     }
     if RESP {
-        d.tok += 8;
-        c.resp.bytes += 8;
+        d.tok += k as u32;
+        c.resp.bytes += k;
         return true;
     }
     let slot = d.slot as usize;
@@ -754,18 +899,28 @@ unsafe fn value_word<const RESP: bool>(c: &mut Conn, w: u64) -> bool {
         return false;
     }
     if slot < FIELD_SLOTS && i + 8 <= VALUE_CAP {
+        // Lanes past `k` are written as zero, never as the bytes after the
+        // value (CR, LF, the next header).
         let v = c.req.fields.get_unchecked_mut(slot).value.as_mut_ptr().add(i);
-        core::ptr::write_unaligned(v as *mut u64, w.to_le());
+        core::ptr::write_unaligned(v as *mut u64, keep_low(w, k).to_le());
     }
     if cred == 0 {
-        c.rq.token_len += 8;
-        c.sip_b.push8(w);
+        c.rq.token_len += k as u32;
+        if k >= 8 {
+            c.sip_b.push8(w);
+        } else {
+            c.sip_b.push_tail(w, k);
+        }
     } else if (cred as usize) < CRED_SLOTS {
-        c.rq.token_len += 8;
-        c.sip_a.push8(w);
+        c.rq.token_len += k as u32;
+        if k >= 8 {
+            c.sip_a.push8(w);
+        } else {
+            c.sip_a.push_tail(w, k);
+        }
     }
-    c.rq.tok += 8;
-    c.req.bytes += 8;
+    c.rq.tok += k as u32;
+    c.req.bytes += k;
     true
 }
 

@@ -49,6 +49,30 @@ pub const HOOKS: &[(&str, &str, &str)] = &[
     ("exit_socket", "syscalls", "sys_exit_socket"),
 ];
 
+/// Enter programs of reads and writes: only needed where the exit programs
+/// cannot read the syscall arguments from the saved registers (see
+/// [`REGS_ARG_OFFSETS`]); not attached otherwise.
+const STASH_ONLY: &[&str] = &[
+    "enter_read",
+    "enter_recvfrom",
+    "enter_readv",
+    "enter_write",
+    "enter_sendto",
+    "enter_writev",
+];
+
+/// Offsets in the kernel's `struct pt_regs` of the first three syscall
+/// arguments at syscall exit, for this architecture (the kernel programs'
+/// `REGS_ARG0..2`): x86_64 di, si, dx; arm64 orig_x0 (x0 holds the result
+/// by then), x1, x2. `None`: the arguments are stashed by enter programs.
+pub const REGS_ARG_OFFSETS: Option<[u32; 3]> = if cfg!(target_arch = "x86_64") {
+    Some([112, 104, 96])
+} else if cfg!(target_arch = "aarch64") {
+    Some([272, 8, 16])
+} else {
+    None
+};
+
 #[derive(Clone, Debug)]
 pub struct Config {
     /// Process (tgid) whose accepted sockets are captured.
@@ -216,6 +240,8 @@ impl Capture {
         }
         let require: u32 = cfg.require_listener as u32;
         let wakeup: u64 = cfg.wakeup_bytes.unwrap_or(65536);
+        let regs_args: u32 = REGS_ARG_OFFSETS.is_some() as u32;
+        let [arg0, arg1, arg2] = REGS_ARG_OFFSETS.unwrap_or([112, 104, 96]);
         let image = aligned_copy(cfg.object.as_deref().unwrap_or(PREBUILT));
         let t0 = Instant::now();
         let mut loader = EbpfLoader::new();
@@ -228,7 +254,11 @@ impl Capture {
             .override_global("EXTRA_H1", &extra[1], true)
             .override_global("EXTRA_H2", &extra[2], true)
             .override_global("EXTRA_H3", &extra[3], true)
-            .override_global("WAKEUP_BYTES", &wakeup, true);
+            .override_global("WAKEUP_BYTES", &wakeup, true)
+            .override_global("REGS_ARGS", &regs_args, true)
+            .override_global("REGS_ARG0", &arg0, true)
+            .override_global("REGS_ARG1", &arg1, true)
+            .override_global("REGS_ARG2", &arg2, true);
         if let Some(n) = cfg.ringbuf_bytes {
             loader.map_max_entries("EVENTS", n);
         }
@@ -252,6 +282,9 @@ impl Capture {
         }
         let mut prog_load = Vec::new();
         for (prog, cat, name) in HOOKS {
+            if regs_args != 0 && STASH_ONLY.contains(prog) {
+                continue;
+            }
             let tp = Instant::now();
             let p: &mut TracePoint = ebpf
                 .program_mut(prog)
