@@ -75,16 +75,12 @@ async fn each_call_gives_one_complete_record() {
         assert_eq!(record.stream, i % 2 == 0);
         assert!(!record.partial, "{:?}", record.notes);
         assert_eq!(record.capture.map(|c| c.name()), Some("userspace"));
-        // "hello gateway" is 2 words in the mock; the reply has 7. OpenAI
-        // streams carry usage only when the client asks for it.
-        if record.stream {
-            assert_eq!((record.input_tokens, record.output_tokens), (None, None));
-        } else {
-            assert_eq!(
-                (record.input_tokens, record.output_tokens),
-                (Some(2), Some(7))
-            );
-        }
+        // "hello gateway" is 2 words in the mock; the reply has 7. Streams
+        // have them too: the gateway asked for usage on the client's behalf.
+        assert_eq!(
+            (record.input_tokens, record.output_tokens),
+            (Some(2), Some(7))
+        );
         assert!(record.duration_ms.unwrap() > 0.0);
         assert_eq!(record.credentials.len(), 1);
         assert_eq!(record.credentials[0].header, "authorization");

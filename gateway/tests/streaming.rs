@@ -246,3 +246,99 @@ async fn graceful_shutdown_lets_a_running_stream_finish() {
         .unwrap()
         .unwrap();
 }
+
+/// An OpenAI stream the client asked no usage for: the gateway asks the
+/// upstream for it (so the call is logged with its tokens) and removes the
+/// extra usage event, so the client gets exactly the stream it asked for.
+#[tokio::test]
+async fn openai_stream_usage_is_asked_for_logged_and_not_passed_on() {
+    let mock = apx_mock_upstream::MockUpstream::start()
+        .await
+        .expect("mock upstream starts");
+    let plain = format!(
+        "[providers.no-stream-usage]\nkind = \"openai\"\nbase_url = \"{}\"\napi_key = \"{OPENAI_UPSTREAM_KEY}\"\nstream_usage = false\n\n[[models]]\nname = \"gpt-plain\"\nprovider = \"no-stream-usage\"\n",
+        mock.openai_base_url()
+    );
+    let gw = TestGateway::start_with_mock(mock, &plain).await;
+    let usage_event = "\"choices\":[]";
+
+    // Not asked by the client: asked upstream, removed on the way back.
+    let response = post(&gw, "/v1/chat/completions", &chat("gpt-test", true), &[]).await;
+    assert_eq!(response.status, 200);
+    let text = response.text();
+    assert!(!text.contains(usage_event), "{text}");
+    assert!(text.contains("\"content\""), "{text}");
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    let sent = gw.mock.requests().pop().expect("upstream request");
+    let sent: serde_json::Value = serde_json::from_slice(&sent.body).expect("JSON body");
+    assert_eq!(sent["stream_options"]["include_usage"], true);
+
+    // Asked by the client: passed through untouched, usage event included.
+    let mut own = serde_json::from_str::<serde_json::Value>(&chat("gpt-test", true)).unwrap();
+    own["stream_options"] = serde_json::json!({"include_usage": true});
+    let response = post(&gw, "/v1/chat/completions", &own.to_string(), &[]).await;
+    assert!(response.text().contains(usage_event), "{}", response.text());
+    assert_eq!(
+        gw.mock.requests().pop().unwrap().body,
+        own.to_string().as_bytes()
+    );
+
+    // Declined by the client, or by the provider's config: not asked.
+    own["stream_options"] = serde_json::json!({"include_usage": false});
+    let response = post(&gw, "/v1/chat/completions", &own.to_string(), &[]).await;
+    assert!(!response.text().contains(usage_event));
+    assert_eq!(
+        gw.mock.requests().pop().unwrap().body,
+        own.to_string().as_bytes()
+    );
+    let response = post(&gw, "/v1/chat/completions", &chat("gpt-plain", true), &[]).await;
+    assert!(!response.text().contains(usage_event));
+    assert_eq!(
+        gw.mock.requests().pop().unwrap().body,
+        chat("gpt-plain", true).as_bytes()
+    );
+
+    // The first call, the one the gateway asked usage for, has its tokens.
+    let store = apx_gateway::store::logs::LogStore::open(&gw.state_dir.join("logs.db")).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let records = loop {
+        let records = store
+            .query(&apx_gateway::store::logs::LogQuery::default())
+            .unwrap();
+        if records.len() >= 4 || std::time::Instant::now() > deadline {
+            break records;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(records.len(), 4);
+    let tokens: Vec<_> = records
+        .iter()
+        .map(|r| {
+            (
+                r.model.clone().unwrap_or_default(),
+                r.input_tokens,
+                r.output_tokens,
+            )
+        })
+        .collect();
+    assert_eq!(
+        tokens[0],
+        ("gpt-test".to_string(), Some(2), Some(7)),
+        "{tokens:?}"
+    );
+    assert_eq!(
+        tokens[1],
+        ("gpt-test".to_string(), Some(2), Some(7)),
+        "{tokens:?}"
+    );
+    assert_eq!(
+        tokens[2],
+        ("gpt-test".to_string(), None, None),
+        "{tokens:?}"
+    );
+    assert_eq!(
+        tokens[3],
+        ("gpt-plain".to_string(), None, None),
+        "{tokens:?}"
+    );
+}

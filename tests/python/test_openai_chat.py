@@ -178,6 +178,11 @@ def test_chat_stream_text(oai, mock):
     assert {c.object for c in chunks} == {"chat.completion.chunk"}
     assert len({c.id for c in chunks}) == 1
     assert mock.stats()["completed_streams"] == 1
+    # The gateway asked the upstream for usage (for its log) and kept the
+    # extra usage chunk from this client, which did not ask for it.
+    assert mock.requests()[0].json()["stream_options"] == {"include_usage": True}
+    assert all(c.choices for c in chunks)
+    assert all(c.usage is None for c in chunks)
 
 
 def test_chat_stream_include_usage(oai, mock):

@@ -216,3 +216,14 @@ def test_completions_stream(oai, mock):
     assert set(finishes[:-1]) == {None}
     assert chunks[-1].choices == []
     assert chunks[-1].usage.completion_tokens == words(expected)
+
+
+def test_completions_stream_without_usage_gets_none(oai, mock):
+    """The gateway asks for usage for its log; the client, which did not,
+    gets the stream without the usage chunk."""
+    stream = oai.completions.create(model="gpt-renamed", prompt="Stream this", stream=True)
+    chunks = list(stream)
+    expected = mock_reply("gpt-upstream-name", "Stream this")
+    assert "".join(c.choices[0].text for c in chunks) == expected
+    assert all(c.choices and c.usage is None for c in chunks)
+    assert mock.requests()[0].json()["stream_options"] == {"include_usage": True}

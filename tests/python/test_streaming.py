@@ -399,13 +399,35 @@ def test_compressed_chat_completion(oai, mock, encoding):
 @pytest.mark.parametrize("encoding", ["gzip", "br"])
 def test_compressed_chat_stream(oai, mock, encoding):
     with oai.chat.completions.with_streaming_response.create(
-        model="gpt-test", messages=USER, stream=True, extra_headers=scenario(encoding)
+        model="gpt-test",
+        messages=USER,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_headers=scenario(encoding),
     ) as raw:
         assert raw.headers["content-encoding"] == encoding
         chunks = list(raw.parse())
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == mock_reply("gpt-test", "stream please")
+    assert chunks[-2].choices[0].finish_reason == "stop"
+    assert chunks[-1].usage.completion_tokens == words(text)
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "br"])
+def test_chat_stream_without_usage_is_asked_uncompressed(oai, mock, encoding):
+    """To log the tokens of a stream whose client asked no usage, the gateway
+    asks for usage and removes that event on the way back: it asks the
+    upstream for the stream uncompressed so it can."""
+    with oai.chat.completions.with_streaming_response.create(
+        model="gpt-test", messages=USER, stream=True, extra_headers=scenario(encoding)
+    ) as raw:
+        assert "content-encoding" not in raw.headers
+        chunks = list(raw.parse())
+    assert mock.requests()[0].header("accept-encoding") == "identity"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert text == mock_reply("gpt-test", "stream please")
     assert chunks[-1].choices[0].finish_reason == "stop"
+    assert all(c.usage is None for c in chunks)
 
 
 @pytest.mark.parametrize("encoding", ["gzip", "br"])

@@ -147,6 +147,13 @@ pub struct ProviderEntry {
     /// Upstream credential; normally a `${ENV_VAR}` reference.
     #[serde(default)]
     pub api_key: Option<Spanned<String>>,
+    /// OpenAI-format upstreams: ask for token usage on streamed chat and
+    /// completions calls (`stream_options.include_usage`) when the client
+    /// did not, so every streamed call is logged with its tokens; the extra
+    /// usage event is removed before the stream reaches the client. On by
+    /// default; turn it off for a server that rejects `stream_options`.
+    #[serde(default)]
+    pub stream_usage: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -245,6 +252,8 @@ pub struct ProviderConfig {
     /// Without a trailing slash.
     pub base_url: http::Uri,
     pub api_key: Option<Secret>,
+    /// See [`ProviderEntry::stream_usage`].
+    pub stream_usage: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -572,6 +581,7 @@ impl Validator<'_> {
             kind,
             base_url,
             api_key,
+            stream_usage: provider.stream_usage.unwrap_or(true),
         })
     }
 

@@ -73,6 +73,12 @@ pub trait Provider: Send + Sync + 'static {
     /// Headers the upstream API requires that a client may leave out.
     fn fill_required_headers(&self, _headers: &mut HeaderMap) {}
 
+    /// Whether a streamed call to `endpoint` reports token usage only when
+    /// asked (`stream_options.include_usage`), and the gateway should ask.
+    fn asks_for_stream_usage(&self, _endpoint: Endpoint) -> bool {
+        false
+    }
+
     /// The upstream credential, so it can be scrubbed from anything sent back.
     fn credential(&self) -> Option<&Secret>;
 

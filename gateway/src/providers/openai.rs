@@ -14,6 +14,7 @@ pub struct OpenAiProvider {
     authorization: Option<HeaderValue>,
     credential: Option<Secret>,
     host: (String, u16),
+    stream_usage: bool,
 }
 
 impl OpenAiProvider {
@@ -37,6 +38,7 @@ impl OpenAiProvider {
                 .and_then(|key| secret_header(&format!("Bearer {}", key.expose()))),
             credential: config.api_key.clone(),
             host: host_and_port(&config.base_url),
+            stream_usage: config.stream_usage,
         }
     }
 }
@@ -52,6 +54,10 @@ impl Provider for OpenAiProvider {
 
     fn endpoint_uri(&self, endpoint: Endpoint) -> Option<&Uri> {
         self.endpoints.get(endpoint)
+    }
+
+    fn asks_for_stream_usage(&self, endpoint: Endpoint) -> bool {
+        self.stream_usage && matches!(endpoint, Endpoint::ChatCompletions | Endpoint::Completions)
     }
 
     fn authorize(&self, headers: &mut HeaderMap) {

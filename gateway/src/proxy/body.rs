@@ -15,6 +15,8 @@ use crate::api::ApiFlavor;
 use crate::errors::error_body;
 use crate::logging::LogTicket;
 
+use super::usage_event::InjectedUsageFilter;
+
 /// A relayed body failed and could not be ended cleanly; the connection to
 /// the client is aborted so it sees an incomplete response, not a short one.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +28,8 @@ pub struct RelayError(pub String);
 pub struct ResponseBody {
     kind: BodyKind,
     log: Option<Box<LogTicket>>,
+    /// Removes the usage event the gateway asked for (after the log saw it).
+    usage_filter: Option<InjectedUsageFilter>,
 }
 
 enum BodyKind {
@@ -39,6 +43,7 @@ impl ResponseBody {
         ResponseBody {
             kind: BodyKind::Full((!bytes.is_empty()).then_some(bytes)),
             log: None,
+            usage_filter: None,
         }
     }
 
@@ -46,6 +51,7 @@ impl ResponseBody {
         ResponseBody {
             kind: BodyKind::Full(None),
             log: None,
+            usage_filter: None,
         }
     }
 
@@ -53,7 +59,14 @@ impl ResponseBody {
         ResponseBody {
             kind: BodyKind::Relay(Box::new(relay)),
             log: None,
+            usage_filter: None,
         }
+    }
+
+    /// The upstream was asked for stream usage on the client's behalf: the
+    /// log reads the usage event, the client does not get it.
+    pub fn remove_injected_usage(&mut self) {
+        self.usage_filter = Some(InjectedUsageFilter::default());
     }
 
     /// Attaches the request's log ticket; it is sent when the body is dropped.
@@ -71,22 +84,42 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, RelayError>>> {
         let this = self.get_mut();
-        let polled = match &mut this.kind {
-            BodyKind::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            BodyKind::Relay(relay) => Pin::new(relay.as_mut()).poll_frame(cx),
-        };
-        if let Some(log) = this.log.as_mut() {
-            match &polled {
-                Poll::Ready(Some(Ok(frame))) => {
-                    if let Some(data) = frame.data_ref() {
-                        log.on_data(data);
+        loop {
+            let polled = match &mut this.kind {
+                BodyKind::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+                BodyKind::Relay(relay) => Pin::new(relay.as_mut()).poll_frame(cx),
+            };
+            if let Some(log) = this.log.as_mut() {
+                match &polled {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Some(data) = frame.data_ref() {
+                            log.on_data(data);
+                        }
                     }
+                    Poll::Ready(None) => log.on_end(),
+                    _ => {}
                 }
-                Poll::Ready(None) => log.on_end(),
-                _ => {}
+            }
+            let Some(filter) = this.usage_filter.as_mut() else {
+                return polled;
+            };
+            match polled {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => {
+                        let kept = filter.push(data);
+                        if !kept.is_empty() {
+                            return Poll::Ready(Some(Ok(Frame::data(kept))));
+                        }
+                        // All of it held or removed: read on.
+                    }
+                    Err(frame) => return Poll::Ready(Some(Ok(frame))),
+                },
+                Poll::Ready(None) => {
+                    return Poll::Ready(filter.finish().map(|rest| Ok(Frame::data(rest))));
+                }
+                other => return other,
             }
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -97,6 +130,8 @@ impl Body for ResponseBody {
         match &self.kind {
             BodyKind::Full(Some(data)) => SizeHint::with_exact(data.len() as u64),
             BodyKind::Full(None) => SizeHint::with_exact(0),
+            // Removing an event changes the length.
+            BodyKind::Relay(_) if self.usage_filter.is_some() => SizeHint::new(),
             BodyKind::Relay(relay) => relay.size_hint(),
         }
     }
@@ -117,10 +152,15 @@ impl Drop for ResponseBody {
 
 impl ResponseBody {
     fn kind_is_done(&self) -> bool {
-        match &self.kind {
-            BodyKind::Full(data) => data.is_none(),
-            BodyKind::Relay(relay) => relay.is_end_stream(),
-        }
+        let held = self
+            .usage_filter
+            .as_ref()
+            .is_some_and(|filter| !filter.is_empty());
+        !held
+            && match &self.kind {
+                BodyKind::Full(data) => data.is_none(),
+                BodyKind::Relay(relay) => relay.is_end_stream(),
+            }
     }
 }
 

@@ -7,6 +7,7 @@ pub mod headers;
 pub mod request;
 pub mod upstream;
 mod upstream_error;
+mod usage_event;
 
 use bytes::Bytes;
 use http::uri::PathAndQuery;
@@ -68,11 +69,19 @@ pub async fn forward(
         .endpoint_uri(endpoint)
         .ok_or_else(|| wrong_format(endpoint, &summary.model, provider))?;
 
-    // Translate: only the model name may change; every other byte passes as sent.
+    // Translate: only the model name may change, and a stream that would
+    // carry no token usage asks for it; every other byte passes as sent.
     let streaming = summary.stream;
+    let usage_asked =
+        streaming && !summary.has_stream_options && provider.asks_for_stream_usage(endpoint);
     let body = match &route.upstream_model {
         Some(upstream_model) => request::rename_model(&body, &summary, upstream_model),
         None => body,
+    };
+    let body = if usage_asked {
+        request::ask_for_stream_usage(&body)
+    } else {
+        body
     };
 
     let stream_permit = if streaming {
@@ -88,6 +97,14 @@ pub async fn forward(
 
     // Forward, with the provider's credential in place of the client's.
     headers::for_upstream(&mut parts.headers);
+    if usage_asked {
+        // The added usage event is removed on the way back, which needs the
+        // events in clear: a compressed stream would reach the client with it.
+        parts.headers.insert(
+            header::ACCEPT_ENCODING,
+            http::HeaderValue::from_static("identity"),
+        );
+    }
     provider.fill_required_headers(&mut parts.headers);
     provider.authorize(&mut parts.headers);
     parts.uri = with_query(endpoint_uri, parts.uri.path_and_query());
@@ -143,6 +160,7 @@ pub async fn forward(
     } else {
         FailureSignal::Abort
     };
+    let has_length = head.headers.contains_key(header::CONTENT_LENGTH);
     let relay = RelayBody::new(
         first,
         upstream_body,
@@ -151,7 +169,12 @@ pub async fn forward(
         provider.name().to_string(),
         stream_permit,
     );
-    Ok(Response::from_parts(head, ResponseBody::relay(relay)))
+    let mut body = ResponseBody::relay(relay);
+    // Only a plain event stream of unannounced length can lose an event.
+    if usage_asked && is_event_stream && is_plain && !has_length {
+        body.remove_injected_usage();
+    }
+    Ok(Response::from_parts(head, body))
 }
 
 /// What came back before the first-byte deadline.

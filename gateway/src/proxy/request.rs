@@ -46,6 +46,19 @@ struct Fields<'a> {
     model: Option<&'a RawValue>,
     #[serde(borrow, default)]
     stream: Option<&'a RawValue>,
+    #[serde(default)]
+    stream_options: Present,
+}
+
+/// Whether a member was there at all, `null` included (an `Option` field
+/// reads `null` as absent).
+#[derive(Default)]
+struct Present(bool);
+
+impl<'de> Deserialize<'de> for Present {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Present, D::Error> {
+        serde::de::IgnoredAny::deserialize(deserializer).map(|_| Present(true))
+    }
 }
 
 /// What the gateway learned from a request body.
@@ -53,6 +66,8 @@ struct Fields<'a> {
 pub struct RequestSummary<'a> {
     pub model: Cow<'a, str>,
     pub stream: bool,
+    /// The client sent `stream_options` itself (any value, even `null`).
+    pub has_stream_options: bool,
     /// Byte range of the `model` value (with its quotes) in the body.
     model_span: (usize, usize),
 }
@@ -88,6 +103,8 @@ pub fn summarize(body: &[u8]) -> Result<RequestSummary<'_>, GatewayError> {
     Ok(RequestSummary {
         model,
         stream,
+        // Even `null`: a second member of the same name would be ambiguous.
+        has_stream_options: fields.stream_options.0,
         model_span: (start, start + raw_model.get().len()),
     })
 }
@@ -102,6 +119,25 @@ pub fn rename_model(body: &Bytes, summary: &RequestSummary<'_>, upstream_model: 
     out.extend_from_slice(&body[..start]);
     out.extend_from_slice(quoted.as_bytes());
     out.extend_from_slice(&body[end..]);
+    out.freeze()
+}
+
+/// The member the gateway adds to a streamed OpenAI-format request that did
+/// not ask for usage itself.
+const STREAM_USAGE_MEMBER: &[u8] = br#""stream_options":{"include_usage":true},"#;
+
+/// Returns the body with `"stream_options":{"include_usage":true}` as its
+/// first member; every other byte stays as sent. Only for bodies without
+/// `stream_options`, which `summarize` has checked are JSON objects with a
+/// `model` (so there is a member after the one added, and the comma is right).
+pub fn ask_for_stream_usage(body: &Bytes) -> Bytes {
+    let Some(open) = body.iter().position(|b| *b == b'{') else {
+        return body.clone();
+    };
+    let mut out = BytesMut::with_capacity(body.len() + STREAM_USAGE_MEMBER.len());
+    out.extend_from_slice(&body[..=open]);
+    out.extend_from_slice(STREAM_USAGE_MEMBER);
+    out.extend_from_slice(&body[open + 1..]);
     out.freeze()
 }
 
@@ -149,6 +185,24 @@ mod tests {
             summarize(br#"{"model":"m"} x"#),
             Err(GatewayError::InvalidJson(_))
         ));
+    }
+
+    #[test]
+    fn asks_for_usage_as_first_member() {
+        let body = Bytes::from_static(b" {\"model\":\"m\",\"stream\":true}");
+        let summary = summarize(&body).unwrap();
+        assert!(!summary.has_stream_options);
+        let asked = ask_for_stream_usage(&body);
+        assert_eq!(
+            &asked[..],
+            br#" {"stream_options":{"include_usage":true},"model":"m","stream":true}"#
+        );
+        let value: serde_json::Value = serde_json::from_slice(&asked).unwrap();
+        assert_eq!(value["stream_options"]["include_usage"], true);
+        let own = summarize(br#"{"model":"m","stream_options":{"include_usage":false}}"#);
+        assert!(own.unwrap().has_stream_options);
+        let null = summarize(br#"{"model":"m","stream_options":null}"#);
+        assert!(null.unwrap().has_stream_options);
     }
 
     #[test]
