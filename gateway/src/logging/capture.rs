@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use apx_capture_common as common;
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 
 use super::fingerprint::FingerprintKey;
 use super::record::CredentialEntry;
@@ -13,9 +13,9 @@ use super::record::CredentialEntry;
 /// The header names captured in clear: the fixed list, then configured extras.
 #[derive(Clone, Debug)]
 pub struct CaptureList {
-    names: Vec<String>,
-    /// The same names, shared by every record that carries them.
-    shared: Vec<Arc<str>>,
+    /// Parsed once (a lookup by `&str` parses the name on every request),
+    /// with the name as shared text for the records that carry it.
+    entries: Vec<(HeaderName, Arc<str>)>,
 }
 
 impl CaptureList {
@@ -27,20 +27,25 @@ impl CaptureList {
                 names.push(name);
             }
         }
-        let shared = names.iter().map(|n| Arc::from(n.as_str())).collect();
-        CaptureList { names, shared }
-    }
-
-    pub fn names(&self) -> &[String] {
-        &self.names
+        // The config accepts only valid header names; any other is skipped.
+        let entries = names
+            .iter()
+            .filter_map(|n| {
+                Some((
+                    HeaderName::from_bytes(n.as_bytes()).ok()?,
+                    Arc::from(n.as_str()),
+                ))
+            })
+            .collect();
+        CaptureList { entries }
     }
 
     /// Selected headers, values cut to the kernel's bound.
     pub fn headers(&self, headers: &HeaderMap) -> (Vec<(Arc<str>, String)>, bool) {
         let mut out = Vec::new();
         let mut truncated = false;
-        for (name, shared) in self.names.iter().zip(&self.shared) {
-            if let Some(value) = headers.get(name.as_str()) {
+        for (name, shared) in &self.entries {
+            if let Some(value) = headers.get(name) {
                 let bytes = value.as_bytes();
                 truncated |= bytes.len() > common::VALUE_CAP;
                 let kept = &bytes[..bytes.len().min(common::VALUE_CAP)];
@@ -48,11 +53,6 @@ impl CaptureList {
             }
         }
         (out, truncated)
-    }
-
-    /// The shared name of capture slot `slot` (kernel slot order).
-    pub fn shared_name(&self, slot: usize) -> Option<&Arc<str>> {
-        self.shared.get(slot)
     }
 }
 

@@ -85,7 +85,7 @@ impl LogTicket {
         self.tap = UsageTap::new(mode);
     }
 
-    pub fn on_data(&mut self, data: &[u8]) {
+    pub fn on_data(&mut self, data: &bytes::Bytes) {
         if self.first_chunk.is_none() {
             self.first_chunk = Some(self.started.elapsed());
         }

@@ -2,6 +2,7 @@
 //! objects of OpenAI chat/completions/embeddings/responses and Anthropic
 //! messages, in JSON bodies and in server-sent events.
 
+use bytes::Bytes;
 use serde::Deserialize;
 
 /// Bodies larger than this are not kept for usage parsing.
@@ -22,6 +23,11 @@ pub enum TapMode {
 #[derive(Debug)]
 pub struct UsageTap {
     mode: TapMode,
+    /// JSON mode: the body's first frame, kept by reference (most JSON
+    /// bodies arrive in one frame, so nothing is copied)…
+    first_frame: Option<Bytes>,
+    /// …and the whole body once a second frame arrives; SSE mode: the
+    /// start of a line cut across frames.
     buffer: Vec<u8>,
     overflow: bool,
     pub input_tokens: Option<u64>,
@@ -32,6 +38,7 @@ impl UsageTap {
     pub fn new(mode: TapMode) -> UsageTap {
         UsageTap {
             mode,
+            first_frame: None,
             buffer: Vec::new(),
             overflow: false,
             input_tokens: None,
@@ -39,14 +46,21 @@ impl UsageTap {
         }
     }
 
-    pub fn observe(&mut self, data: &[u8]) {
+    pub fn observe(&mut self, data: &Bytes) {
         match self.mode {
             TapMode::Off => {}
             TapMode::Json => {
-                if self.buffer.len() + data.len() > MAX_JSON_BODY {
+                let held = self.first_frame.as_ref().map_or(0, Bytes::len);
+                if held + self.buffer.len() + data.len() > MAX_JSON_BODY {
+                    self.first_frame = None;
                     self.buffer = Vec::new();
                     self.mode = TapMode::Off;
+                } else if self.first_frame.is_none() && self.buffer.is_empty() {
+                    self.first_frame = Some(data.clone());
                 } else {
+                    if let Some(first) = self.first_frame.take() {
+                        self.buffer.extend_from_slice(&first);
+                    }
                     self.buffer.extend_from_slice(data);
                 }
             }
@@ -98,11 +112,18 @@ impl UsageTap {
 
     /// Call once the body ended.
     pub fn finish(&mut self) {
-        if self.mode == TapMode::Json && !self.buffer.is_empty() {
-            if let Ok(value) = serde_json::from_slice::<UsageCarrier>(&self.buffer) {
-                self.absorb(&value);
-            }
-            self.buffer = Vec::new();
+        if self.mode != TapMode::Json {
+            return;
+        }
+        let body = match self.first_frame.take() {
+            Some(first) => first,
+            None => Bytes::from(std::mem::take(&mut self.buffer)),
+        };
+        if body.is_empty() {
+            return;
+        }
+        if let Ok(value) = serde_json::from_slice::<UsageCarrier>(&body) {
+            self.absorb(&value);
         }
     }
 
@@ -178,8 +199,12 @@ mod tests {
     #[test]
     fn reads_openai_json_usage() {
         let mut tap = UsageTap::new(TapMode::Json);
-        tap.observe(br#"{"id":"x","usage":{"prompt_tokens":12,"#);
-        tap.observe(br#""completion_tokens":5,"total_tokens":17}}"#);
+        tap.observe(&Bytes::from_static(
+            br#"{"id":"x","usage":{"prompt_tokens":12,"#,
+        ));
+        tap.observe(&Bytes::from_static(
+            br#""completion_tokens":5,"total_tokens":17}}"#,
+        ));
         tap.finish();
         assert_eq!((tap.input_tokens, tap.output_tokens), (Some(12), Some(5)));
     }
@@ -187,10 +212,14 @@ mod tests {
     #[test]
     fn reads_anthropic_stream_usage_split_across_frames() {
         let mut tap = UsageTap::new(TapMode::Sse);
-        tap.observe(b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":9,\"output_tokens\":1}}}\n\n");
-        tap.observe(b"event: content_block_delta\ndata: {\"delta\":{\"text\":\"hi\"}}\n\n");
-        tap.observe(b"event: message_delta\ndata: {\"type\":\"message_delta\",\"usa");
-        tap.observe(b"ge\":{\"output_tokens\":42}}\n\n");
+        tap.observe(&Bytes::from_static(b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":9,\"output_tokens\":1}}}\n\n"));
+        tap.observe(&Bytes::from_static(
+            b"event: content_block_delta\ndata: {\"delta\":{\"text\":\"hi\"}}\n\n",
+        ));
+        tap.observe(&Bytes::from_static(
+            b"event: message_delta\ndata: {\"type\":\"message_delta\",\"usa",
+        ));
+        tap.observe(&Bytes::from_static(b"ge\":{\"output_tokens\":42}}\n\n"));
         tap.finish();
         assert_eq!((tap.input_tokens, tap.output_tokens), (Some(9), Some(42)));
     }
@@ -198,17 +227,19 @@ mod tests {
     #[test]
     fn reads_openai_stream_and_responses_usage() {
         let mut tap = UsageTap::new(TapMode::Sse);
-        tap.observe(b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}\n\ndata: [DONE]\n\n");
+        tap.observe(&Bytes::from_static(b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}\n\ndata: [DONE]\n\n"));
         assert_eq!((tap.input_tokens, tap.output_tokens), (Some(3), Some(4)));
         let mut tap = UsageTap::new(TapMode::Sse);
-        tap.observe(b"event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"usage\":{\"input_tokens\":7,\"output_tokens\":8}}}\n\n");
+        tap.observe(&Bytes::from_static(b"event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"usage\":{\"input_tokens\":7,\"output_tokens\":8}}}\n\n"));
         assert_eq!((tap.input_tokens, tap.output_tokens), (Some(7), Some(8)));
     }
 
     #[test]
     fn a_string_message_field_does_not_hide_usage() {
         let mut tap = UsageTap::new(TapMode::Json);
-        tap.observe(br#"{"message":"ok","usage":{"input_tokens":1,"output_tokens":2}}"#);
+        tap.observe(&Bytes::from_static(
+            br#"{"message":"ok","usage":{"input_tokens":1,"output_tokens":2}}"#,
+        ));
         tap.finish();
         assert_eq!((tap.input_tokens, tap.output_tokens), (Some(1), Some(2)));
     }
@@ -216,7 +247,9 @@ mod tests {
     #[test]
     fn no_usage_means_none() {
         let mut tap = UsageTap::new(TapMode::Sse);
-        tap.observe(b"data: {\"choices\":[{\"delta\":{}}]}\n\n");
+        tap.observe(&Bytes::from_static(
+            b"data: {\"choices\":[{\"delta\":{}}]}\n\n",
+        ));
         tap.finish();
         assert_eq!(tap.input_tokens, None);
     }
