@@ -5,12 +5,14 @@
 //! channel is bounded and a full channel drops the record and counts it.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
+
+use apx_capture_common::user::IdHasher;
 
 use super::record::CallEntry;
 use crate::store::logs::LogStore;
@@ -123,47 +125,7 @@ pub fn start(
     Ok((sink, handle))
 }
 
-/// Hashes join keys with a multiply-rotate step per word: they are not
-/// attacker-chosen in a way that matters here (peer port and sequence of
-/// the gateway's own connections), and SipHash cost showed in profiles.
-#[derive(Default)]
-struct JoinHasher(u64);
-
-impl Hasher for JoinHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.write_u64(u64::from_le_bytes(word));
-        }
-    }
-
-    fn write_u8(&mut self, n: u8) {
-        self.write_u64(u64::from(n));
-    }
-
-    fn write_u16(&mut self, n: u16) {
-        self.write_u64(u64::from(n));
-    }
-
-    fn write_u32(&mut self, n: u32) {
-        self.write_u64(u64::from(n));
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x517c_c1b7_2722_0a95);
-    }
-
-    fn write_usize(&mut self, n: usize) {
-        self.write_u64(n as u64);
-    }
-}
-
-type JoinMap<V> = HashMap<JoinKey, V, BuildHasherDefault<JoinHasher>>;
+type JoinMap<V> = HashMap<JoinKey, V, BuildHasherDefault<IdHasher>>;
 
 struct Collector {
     store: LogStore,
