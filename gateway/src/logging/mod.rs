@@ -182,10 +182,10 @@ impl Logging {
     pub fn begin<B>(&self, request: &Request<B>, conn: &ConnContext) -> Option<Box<LogTicket>> {
         let sink = self.sink.as_ref()?;
         let started = Instant::now();
-        let mut record = CallEntry {
+        let mut record = Box::new(CallEntry {
             time_unix_ns: ticket::now_unix_ns(),
             ..CallEntry::default()
-        };
+        });
         let capture = match self.active.capture? {
             // The kernel programs parse HTTP/1.x only: HTTP/2 (h2c) calls
             // are captured here, and say so.
