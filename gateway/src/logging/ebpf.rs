@@ -27,6 +27,8 @@ const MAX_PENDING: usize = 8192;
 /// at least one page. For tests (a tiny ring to provoke drops) and tuning;
 /// the config has no setting for it.
 pub const RING_BYTES_ENV: &str = "APX_EBPF_RING_BYTES";
+/// The programs' own ring buffer size (`EVENTS` in the kernel crate).
+const DEFAULT_RING_BYTES: u32 = 2 * 1024 * 1024;
 
 /// What the kernel side needs to know about this process.
 pub struct EbpfSettings {
@@ -51,6 +53,7 @@ pub struct EbpfCapture {
 impl EbpfCapture {
     /// Loads and attaches the programs.
     pub fn start(settings: &EbpfSettings) -> Result<EbpfCapture, String> {
+        let ring_bytes = ring_bytes_from_env()?;
         let config = apx_capture::Config {
             fingerprint_key: settings.fingerprint_key.bytes(),
             extra_headers: settings.extra_headers.clone(),
@@ -58,7 +61,13 @@ impl EbpfCapture {
             // Only the gateway's own listener: not the built-in echo
             // provider's, not upstream connections.
             require_listener: true,
-            ringbuf_bytes: ring_bytes_from_env()?,
+            ringbuf_bytes: ring_bytes,
+            // The collector polls every batch period anyway; a wake-up is a
+            // self-IPI (a VM exit under virtualisation), so the kernel wakes
+            // it only when a quarter of the ring is pending: measured ~2–4
+            // µs per request less than at 64 KiB, still leaving 3/4 of the
+            // ring for the time the collector takes to come round.
+            wakeup_bytes: Some(u64::from(ring_bytes.unwrap_or(DEFAULT_RING_BYTES)) / 4),
             ..apx_capture::Config::for_pid(std::process::id())
         };
         let capture = Capture::start(&config).map_err(|err| err.0)?;
