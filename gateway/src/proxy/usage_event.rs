@@ -11,6 +11,8 @@
 use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
 
+use crate::logging::usage::contains;
+
 #[derive(Debug, Default)]
 pub struct InjectedUsageFilter {
     /// The start of an event whose blank line has not arrived yet.
@@ -105,12 +107,6 @@ fn is_injected_usage(event: &[u8]) -> bool {
         Ok(probe) => probe.usage.is_some() && probe.choices.is_some_and(|c| c.is_empty()),
         Err(_) => false,
     }
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack
-        .windows(needle.len())
-        .any(|window| window == needle)
 }
 
 #[cfg(test)]

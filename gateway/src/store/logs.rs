@@ -172,8 +172,8 @@ impl LogStore {
                     record.response_start_ns.map(millis),
                     record.request_bytes.map(clamp_i64),
                     record.response_bytes.map(clamp_i64),
-                    text.headers.as_str(),
-                    text.credentials.as_str(),
+                    text.headers(),
+                    text.credentials(),
                     facts.key_id.as_deref(),
                     facts.key_name.as_deref(),
                     facts.model.as_deref(),
@@ -315,15 +315,16 @@ fn millis(nanos: u64) -> f64 {
     nanos as f64 / 1e6
 }
 
-/// The text columns of one row, built by hand into reused buffers: the
-/// JSON shapes are fixed (`[[name, value], …]` and
-/// `[{"header":…,"scheme":…,"fingerprint":…}, …]`, what `read_row` parses).
+/// The text columns of one row, built into buffers reused across a batch.
+/// The JSON shapes are fixed (`[[name, value], …]` and
+/// `[{"header":…,"scheme":…,"fingerprint":…}, …]`, what `read_row` parses);
+/// strings are escaped by serde_json.
 #[derive(Default)]
 struct RowText {
     notes: String,
     client_address: String,
-    headers: String,
-    credentials: String,
+    headers: Vec<u8>,
+    credentials: Vec<u8>,
 }
 
 impl RowText {
@@ -341,56 +342,55 @@ impl RowText {
             let _ = write!(self.client_address, "{ip}");
         }
         self.headers.clear();
-        self.headers.push('[');
+        self.headers.push(b'[');
         for (i, (name, value)) in record.headers.iter().enumerate() {
             if i > 0 {
-                self.headers.push(',');
+                self.headers.push(b',');
             }
-            self.headers.push('[');
+            self.headers.push(b'[');
             push_json_string(&mut self.headers, name);
-            self.headers.push(',');
+            self.headers.push(b',');
             push_json_string(&mut self.headers, value);
-            self.headers.push(']');
+            self.headers.push(b']');
         }
-        self.headers.push(']');
+        self.headers.push(b']');
         self.credentials.clear();
-        self.credentials.push('[');
+        self.credentials.push(b'[');
         for (i, credential) in record.credentials.iter().enumerate() {
             if i > 0 {
-                self.credentials.push(',');
+                self.credentials.push(b',');
             }
-            self.credentials.push_str("{\"header\":");
+            self.credentials.extend_from_slice(b"{\"header\":");
             push_json_string(&mut self.credentials, credential.header);
-            self.credentials.push_str(",\"scheme\":");
+            self.credentials.extend_from_slice(b",\"scheme\":");
             push_json_string(&mut self.credentials, credential.scheme);
-            let _ = write!(
-                self.credentials,
-                ",\"fingerprint\":\"{:016x}\"}}",
-                credential.fingerprint
+            // Hex digits need no escaping; writing into a Vec cannot fail.
+            let _ = std::io::Write::write_fmt(
+                &mut self.credentials,
+                format_args!(",\"fingerprint\":\"{:016x}\"}}", credential.fingerprint),
             );
         }
-        self.credentials.push(']');
+        self.credentials.push(b']');
+    }
+
+    fn headers(&self) -> &str {
+        json_text(&self.headers)
+    }
+
+    fn credentials(&self) -> &str {
+        json_text(&self.credentials)
     }
 }
 
 /// Appends `text` as a JSON string literal.
-fn push_json_string(out: &mut String, text: &str) {
-    use std::fmt::Write;
-    out.push('"');
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
+fn push_json_string(out: &mut Vec<u8>, text: &str) {
+    // Writing a &str into a Vec cannot fail.
+    let _ = serde_json::to_writer(out, text);
+}
+
+/// The JSON built above is UTF-8 (JSON punctuation around escaped `&str`s).
+fn json_text(bytes: &[u8]) -> &str {
+    std::str::from_utf8(bytes).unwrap_or("[]")
 }
 
 fn clamp_i64(value: u64) -> i64 {
