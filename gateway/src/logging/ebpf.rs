@@ -30,6 +30,47 @@ pub const RING_BYTES_ENV: &str = "APX_EBPF_RING_BYTES";
 /// The programs' own ring buffer size (`EVENTS` in the kernel crate).
 const DEFAULT_RING_BYTES: u32 = 2 * 1024 * 1024;
 
+/// Oldest kernel the programs load on: they parse with `bpf_loop` (5.17)
+/// and read syscall arguments with `bpf_task_pt_regs` (5.15) from
+/// `bpf_get_current_task_btf` (5.11); ring buffers and CAP_BPF are 5.8.
+pub const MIN_KERNEL: (u32, u32) = (5, 17);
+
+/// `major.minor` of a kernel release string (`6.1.0-18-amd64` → (6, 1)).
+pub fn kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+/// The running kernel's release string.
+fn kernel_release() -> String {
+    // SAFETY: uname fills the struct it is given; its fields are
+    // NUL-terminated C strings within the struct.
+    unsafe {
+        let mut uts: libc::utsname = std::mem::zeroed();
+        if libc::uname(&mut uts) != 0 {
+            return String::new();
+        }
+        std::ffi::CStr::from_ptr(uts.release.as_ptr())
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+/// Why the programs cannot load on this kernel, when its version says so
+/// (a clearer reason than the verifier's "unknown function").
+fn kernel_too_old() -> Option<String> {
+    let release = kernel_release();
+    match kernel_version(&release) {
+        Some(version) if version < MIN_KERNEL => Some(format!(
+            "kernel {release} is older than {}.{} (the capture programs need bpf_loop)",
+            MIN_KERNEL.0, MIN_KERNEL.1
+        )),
+        _ => None,
+    }
+}
+
 /// What the kernel side needs to know about this process.
 pub struct EbpfSettings {
     pub listener_fd: u32,
@@ -53,6 +94,9 @@ pub struct EbpfCapture {
 impl EbpfCapture {
     /// Loads and attaches the programs.
     pub fn start(settings: &EbpfSettings) -> Result<EbpfCapture, String> {
+        if let Some(reason) = kernel_too_old() {
+            return Err(reason);
+        }
         let ring_bytes = ring_bytes_from_env()?;
         let config = apx_capture::Config {
             fingerprint_key: settings.fingerprint_key.bytes(),
@@ -307,5 +351,24 @@ fn fill_response(
             record.response_start_ns = ns_between(request.ts_first_ns, response.ts_first_ns);
         }
         None => record.time_unix_ns = clock.wall(response.ts_first_ns),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_versions_parse_and_compare() {
+        assert_eq!(kernel_version("6.1.0-18-amd64"), Some((6, 1)));
+        assert_eq!(kernel_version("5.15.0-91-generic"), Some((5, 15)));
+        assert_eq!(kernel_version("6.18.44-fc-v782"), Some((6, 18)));
+        assert_eq!(kernel_version("garbage"), None);
+        assert!(Some((5, 15)) < Some(MIN_KERNEL));
+        assert!(Some((6, 1)) >= Some(MIN_KERNEL));
+        assert!(
+            kernel_too_old().is_none(),
+            "this test machine runs a recent kernel"
+        );
     }
 }

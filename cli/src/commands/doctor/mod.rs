@@ -24,8 +24,8 @@ pub const HELP: &str = "Examples:
 Exit code 1 when any check fails; warnings do not fail.
 APX_DOCTOR_BTF_PATH points the BTF check at another file (for testing).";
 
-/// eBPF capture needs BPF ring buffers and CAP_BPF, both from Linux 5.8.
-const MIN_KERNEL: (u32, u32) = (5, 8);
+/// The oldest kernel the capture programs load on (the gateway's own floor).
+const MIN_KERNEL: (u32, u32) = apx_gateway::logging::ebpf::MIN_KERNEL;
 /// From 5.11, BPF memory is charged to the cgroup, not RLIMIT_MEMLOCK.
 const MEMCG_KERNEL: (u32, u32) = (5, 11);
 const MIN_MEMLOCK: u64 = 64 << 20;
@@ -186,10 +186,7 @@ fn print_table(config_path: &Path, kernel: &Kernel, checks: &[Check], capture: &
 }
 
 fn parse_version(release: &str) -> Option<(u32, u32)> {
-    let mut parts = release.split(|c: char| !c.is_ascii_digit());
-    let major = parts.next()?.parse().ok()?;
-    let minor = parts.next()?.parse().ok()?;
-    Some((major, minor))
+    apx_gateway::logging::ebpf::kernel_version(release)
 }
 
 fn kernel_check(kernel: &mut Kernel) -> Check {
@@ -215,7 +212,10 @@ fn kernel_check(kernel: &mut Kernel) -> Check {
                 MIN_KERNEL.0, MIN_KERNEL.1
             ),
         )
-        .fix("upgrade to a 5.8+ kernel for eBPF capture (user-space capture works as is)"),
+        .fix(format!(
+            "upgrade to a {}.{}+ kernel for eBPF capture (user-space capture works as is)",
+            MIN_KERNEL.0, MIN_KERNEL.1
+        )),
         None => check(
             "kernel",
             Status::Warn,
@@ -537,7 +537,10 @@ fn capture_decision(kernel: &Kernel, configured: Option<CaptureMode>) -> Capture
     let mut missing = Vec::new();
     match kernel.version {
         Some(v) if v >= MIN_KERNEL => {}
-        _ => missing.push(format!("kernel {} is older than 5.8", kernel.release)),
+        _ => missing.push(format!(
+            "kernel {} is older than {}.{}",
+            kernel.release, MIN_KERNEL.0, MIN_KERNEL.1
+        )),
     }
     if !kernel.btf {
         missing.push("no kernel BTF".to_string());
@@ -624,7 +627,7 @@ mod tests {
         assert!(
             capture_decision(&old, None)
                 .reason
-                .contains("older than 5.8")
+                .contains("older than 5.17")
         );
     }
 }
