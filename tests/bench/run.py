@@ -81,7 +81,8 @@ LOGGING_CPU_RISE_MAX = 0.10  # CPU per request at most 10 % above logging off
 # connections has its row in <state_dir>/logs.db (or a drop counter says why not).
 COMPLETENESS_CONNS = 64
 DROP_COUNTERS = (
-    "gateway.channel_drops", "gateway.write_failures", "kernel.ringbuf_drops",
+    "gateway.channel_drops", "gateway.store_backlog_drops", "gateway.write_failures",
+    "kernel.ringbuf_drops",
     "kernel.conn_map_full", "kernel.args_map_full", "kernel.unjoined_evicted",
 )
 # A cell during which processes outside the bench used more CPU than this

@@ -1,8 +1,9 @@
 //! The collector: a background thread that receives finished calls from the
 //! gateway and, in eBPF mode, drains the kernel's ring buffer itself; it
-//! joins the two halves of each call and writes them to the log store in
-//! batches, off the request path. Nothing here can block a request: the
-//! channel is bounded and a full channel drops the record and counts it.
+//! joins the two halves of each call and hands them in batches to the store
+//! writer (`writer.rs`), off the request path and off the disk's. Nothing
+//! here can block a request: the channel is bounded and a full channel
+//! drops the record and counts it.
 
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 use apx_capture_common::user::IdHasher;
 
 use super::record::CallEntry;
+use super::writer::StoreWriter;
 use crate::store::logs::LogStore;
 
 /// Records waiting in the channel at most; beyond it they are dropped and counted.
@@ -25,7 +27,6 @@ const BATCH_RECORDS: usize = 512;
 const BATCH_DELAY: Duration = Duration::from_millis(50);
 /// How long one half of a call waits for the other before it is written alone.
 pub const JOIN_WINDOW: Duration = Duration::from_secs(2);
-const TRIM_EVERY: Duration = Duration::from_secs(60);
 
 /// Identifies a request across the kernel and the gateway: the client's
 /// address and port, and the request's number on that connection.
@@ -65,6 +66,9 @@ pub struct CollectorCounters {
     pub channel_drops: AtomicU64,
     /// Records that failed to be written.
     pub write_failures: AtomicU64,
+    /// Records dropped because the store writer's queue was full (the disk
+    /// fell behind).
+    pub store_backlog_drops: AtomicU64,
     pub written: AtomicU64,
 }
 
@@ -119,46 +123,36 @@ pub fn start(
         sender,
         counters: counters.clone(),
     };
+    let writer = StoreWriter::start(store, config, counters.clone())?;
     let handle = std::thread::Builder::new()
         .name("apx-log-collector".into())
-        .spawn(move || Collector::new(store, config, counters, kernel).run(receiver))?;
+        .spawn(move || Collector::new(writer, kernel).run(receiver))?;
     Ok((sink, handle))
 }
 
 type JoinMap<V> = HashMap<JoinKey, V, BuildHasherDefault<IdHasher>>;
 
 struct Collector {
-    store: LogStore,
-    config: CollectorConfig,
-    counters: Arc<CollectorCounters>,
+    writer: StoreWriter,
     kernel: Option<Box<dyn KernelFeed>>,
     batch: Vec<CallEntry>,
     waiting_gateway: JoinMap<(Box<CallEntry>, Instant)>,
     waiting_kernel: JoinMap<(CallEntry, Instant)>,
     kernel_counters: Vec<(String, u64)>,
-    /// Counter values as last written to the store.
-    stored_counters: Vec<(String, u64)>,
-    last_trim: Instant,
+    /// The kernel counters as last handed to the writer.
+    sent_counters: Vec<(String, u64)>,
 }
 
 impl Collector {
-    fn new(
-        store: LogStore,
-        config: CollectorConfig,
-        counters: Arc<CollectorCounters>,
-        kernel: Option<Box<dyn KernelFeed>>,
-    ) -> Collector {
+    fn new(writer: StoreWriter, kernel: Option<Box<dyn KernelFeed>>) -> Collector {
         Collector {
-            store,
-            config,
-            counters,
+            writer,
             kernel,
             batch: Vec::with_capacity(BATCH_RECORDS),
             waiting_gateway: JoinMap::default(),
             waiting_kernel: JoinMap::default(),
             kernel_counters: Vec::new(),
-            stored_counters: Vec::new(),
-            last_trim: Instant::now(),
+            sent_counters: Vec::new(),
         }
     }
 
@@ -179,10 +173,11 @@ impl Collector {
                     Ok(Event::Call(record, Some(key))) => self.gateway_half(key, record),
                     Ok(Event::Flush(ack)) => {
                         self.finish_pending();
-                        let _ = ack.send(());
+                        self.writer.flush(ack);
                     }
                     Ok(Event::Stop) | Err(TryRecvError::Disconnected) => {
                         self.finish_pending();
+                        self.writer.stop();
                         return;
                     }
                     Err(TryRecvError::Empty) => break,
@@ -195,10 +190,6 @@ impl Collector {
                 last_write = Instant::now();
                 self.expire(false);
                 self.write();
-                self.store_counters();
-            }
-            if self.last_trim.elapsed() >= TRIM_EVERY {
-                self.trim();
             }
         }
     }
@@ -210,13 +201,12 @@ impl Collector {
         }
     }
 
-    /// Everything received so far goes to the store, halves without a
+    /// Everything received so far goes to the writer, halves without a
     /// partner included (flush and stop).
     fn finish_pending(&mut self) {
         self.drain_kernel();
         self.expire(true);
         self.write();
-        self.store_counters();
     }
 
     fn drain_kernel(&mut self) {
@@ -301,85 +291,21 @@ impl Collector {
             }
         }
     }
-    /// Writes the batch, and the counters that changed, in one transaction.
+    /// Hands the batch to the writer, with the kernel counters when they
+    /// changed (so the store's counters account for the records with them).
     fn write(&mut self) {
-        if self.batch.is_empty() {
+        let counters_changed = self.kernel_counters != self.sent_counters;
+        if self.batch.is_empty() && !counters_changed {
             return;
         }
-        let count = self.batch.len() as u64;
-        let changed = self.changed_counters();
-        match self.store.insert(&self.batch, &changed) {
-            Ok(()) => {
-                self.counters.written.fetch_add(count, Ordering::Relaxed);
-                self.remember_stored(changed);
-            }
-            Err(err) => {
-                self.counters
-                    .write_failures
-                    .fetch_add(count, Ordering::Relaxed);
-                tracing::warn!(error = %err, records = count, "cannot write request records");
-                self.store_counters();
-            }
-        }
-        self.batch.clear();
-    }
-
-    /// Writes the counters that changed since they were last stored.
-    fn store_counters(&mut self) {
-        let changed = self.changed_counters();
-        if changed.is_empty() {
-            return;
-        }
-        match self.store.insert(&[], &changed) {
-            Ok(()) => self.remember_stored(changed),
-            Err(err) => tracing::debug!(error = %err, "cannot store the counters"),
-        }
-    }
-
-    fn changed_counters(&self) -> Vec<(String, u64)> {
-        let gateway = [
-            (
-                "gateway.channel_drops",
-                self.counters.channel_drops.load(Ordering::Relaxed),
-            ),
-            (
-                "gateway.write_failures",
-                self.counters.write_failures.load(Ordering::Relaxed),
-            ),
-        ];
-        let kernel = self.kernel_counters.iter().map(|(n, v)| (n.as_str(), *v));
-        gateway
-            .into_iter()
-            .chain(kernel)
-            .filter(|(name, value)| {
-                !self
-                    .stored_counters
-                    .iter()
-                    .any(|(stored, old)| stored == name && old == value)
-            })
-            .map(|(name, value)| (name.to_string(), value))
-            .collect()
-    }
-
-    fn remember_stored(&mut self, written: Vec<(String, u64)>) {
-        for (name, value) in written {
-            match self.stored_counters.iter_mut().find(|(n, _)| *n == name) {
-                Some(slot) => slot.1 = value,
-                None => self.stored_counters.push((name, value)),
-            }
-        }
-    }
-
-    fn trim(&mut self) {
-        self.last_trim = Instant::now();
-        match self
-            .store
-            .trim(self.config.retention, self.config.max_bytes)
-        {
-            Ok(0) => {}
-            Ok(deleted) => tracing::info!(deleted, "log retention removed old records"),
-            Err(err) => tracing::warn!(error = %err, "log retention failed"),
-        }
+        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH_RECORDS));
+        let counters = if counters_changed {
+            self.sent_counters = self.kernel_counters.clone();
+            self.kernel_counters.clone()
+        } else {
+            Vec::new()
+        };
+        self.writer.write(batch, counters);
     }
 }
 

@@ -10,6 +10,7 @@ pub mod fingerprint;
 pub mod record;
 pub mod ticket;
 pub mod usage;
+pub mod writer;
 
 use std::borrow::Cow;
 use std::sync::Mutex;
@@ -254,12 +255,13 @@ impl Logging {
         }
     }
 
-    /// Records lost before reaching the store, by cause.
+    /// Records the gateway lost before they reached the store (a full
+    /// channel to the collector, a full queue to the disk).
     pub fn drops(&self) -> u64 {
+        use std::sync::atomic::Ordering::Relaxed;
         self.sink.as_ref().map_or(0, |s| {
-            s.counters()
-                .channel_drops
-                .load(std::sync::atomic::Ordering::Relaxed)
+            let counters = s.counters();
+            counters.channel_drops.load(Relaxed) + counters.store_backlog_drops.load(Relaxed)
         })
     }
 }

@@ -1,0 +1,213 @@
+//! The store writer: a thread that owns the log store and writes the
+//! collector's batches. A slow disk (a WAL checkpoint's fsync, a busy
+//! device) then only delays this thread; the collector keeps draining the
+//! kernel's ring buffer and the gateway's channel meanwhile, so neither
+//! fills up because of the disk. Batches wait in a bounded queue; a batch
+//! that finds the queue full is dropped and counted, never waited for.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::time::{Duration, Instant};
+
+use super::collector::{CollectorConfig, CollectorCounters};
+use super::record::CallEntry;
+use crate::store::logs::LogStore;
+
+/// Batches waiting for the disk at most (×512 records at the most each).
+const QUEUE_BATCHES: usize = 64;
+const TRIM_EVERY: Duration = Duration::from_secs(60);
+
+enum Job {
+    /// Records, and the kernel's counters as they were when they were drained.
+    Batch(Vec<CallEntry>, Vec<(String, u64)>),
+    /// Answer once everything queued before is written.
+    Flush(SyncSender<()>),
+}
+
+pub struct StoreWriter {
+    /// `None` once stopped; dropping it ends the thread after the queue.
+    jobs: Option<SyncSender<Job>>,
+    counters: Arc<CollectorCounters>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl StoreWriter {
+    pub fn start(
+        store: LogStore,
+        config: CollectorConfig,
+        counters: Arc<CollectorCounters>,
+    ) -> std::io::Result<StoreWriter> {
+        let (jobs, queue) = mpsc::sync_channel(QUEUE_BATCHES);
+        let thread = {
+            let counters = counters.clone();
+            std::thread::Builder::new()
+                .name("apx-log-writer".into())
+                .spawn(move || Writer::new(store, config, counters).run(queue))?
+        };
+        Ok(StoreWriter {
+            jobs: Some(jobs),
+            counters,
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues a batch; never blocks (a full queue drops it and counts it).
+    pub fn write(&self, batch: Vec<CallEntry>, kernel_counters: Vec<(String, u64)>) {
+        let Some(jobs) = &self.jobs else { return };
+        let count = batch.len() as u64;
+        match jobs.try_send(Job::Batch(batch, kernel_counters)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                self.counters
+                    .store_backlog_drops
+                    .fetch_add(count, Ordering::Relaxed);
+            }
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+
+    /// Answers `ack` once everything queued before is written (waits for
+    /// room in the queue: flushing is for shutdown and tests).
+    pub fn flush(&self, ack: SyncSender<()>) {
+        if let Some(jobs) = &self.jobs {
+            let _ = jobs.send(Job::Flush(ack));
+        }
+    }
+
+    /// Writes what is queued and ends the thread.
+    pub fn stop(mut self) {
+        // The writer ends once the queue is empty and the sender is gone.
+        drop(self.jobs.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+struct Writer {
+    store: LogStore,
+    config: CollectorConfig,
+    counters: Arc<CollectorCounters>,
+    /// Counter values as last written to the store.
+    stored_counters: Vec<(String, u64)>,
+    kernel_counters: Vec<(String, u64)>,
+    last_trim: Instant,
+}
+
+impl Writer {
+    fn new(store: LogStore, config: CollectorConfig, counters: Arc<CollectorCounters>) -> Writer {
+        Writer {
+            store,
+            config,
+            counters,
+            stored_counters: Vec::new(),
+            kernel_counters: Vec::new(),
+            last_trim: Instant::now(),
+        }
+    }
+
+    fn run(mut self, queue: Receiver<Job>) {
+        loop {
+            match queue.recv_timeout(TRIM_EVERY) {
+                Ok(Job::Batch(batch, kernel_counters)) => {
+                    if !kernel_counters.is_empty() {
+                        self.kernel_counters = kernel_counters;
+                    }
+                    self.write(&batch);
+                }
+                Ok(Job::Flush(ack)) => {
+                    self.store_counters();
+                    let _ = ack.send(());
+                }
+                Err(RecvTimeoutError::Timeout) => self.store_counters(),
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.store_counters();
+                    return;
+                }
+            }
+            if self.last_trim.elapsed() >= TRIM_EVERY {
+                self.trim();
+            }
+        }
+    }
+
+    /// Writes the batch, and the counters that changed, in one transaction.
+    fn write(&mut self, batch: &[CallEntry]) {
+        let count = batch.len() as u64;
+        let changed = self.changed_counters();
+        match self.store.insert(batch, &changed) {
+            Ok(()) => {
+                self.counters.written.fetch_add(count, Ordering::Relaxed);
+                self.remember_stored(changed);
+            }
+            Err(err) => {
+                self.counters
+                    .write_failures
+                    .fetch_add(count, Ordering::Relaxed);
+                tracing::warn!(error = %err, records = count, "cannot write request records");
+                self.store_counters();
+            }
+        }
+    }
+
+    /// Writes the counters that changed since they were last stored.
+    fn store_counters(&mut self) {
+        let changed = self.changed_counters();
+        if changed.is_empty() {
+            return;
+        }
+        match self.store.insert(&[], &changed) {
+            Ok(()) => self.remember_stored(changed),
+            Err(err) => tracing::debug!(error = %err, "cannot store the counters"),
+        }
+    }
+
+    fn changed_counters(&self) -> Vec<(String, u64)> {
+        let load = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+        let gateway = [
+            ("gateway.channel_drops", load(&self.counters.channel_drops)),
+            (
+                "gateway.store_backlog_drops",
+                load(&self.counters.store_backlog_drops),
+            ),
+            (
+                "gateway.write_failures",
+                load(&self.counters.write_failures),
+            ),
+        ];
+        let kernel = self.kernel_counters.iter().map(|(n, v)| (n.as_str(), *v));
+        gateway
+            .into_iter()
+            .chain(kernel)
+            .filter(|(name, value)| {
+                !self
+                    .stored_counters
+                    .iter()
+                    .any(|(stored, old)| stored == name && old == value)
+            })
+            .map(|(name, value)| (name.to_string(), value))
+            .collect()
+    }
+
+    fn remember_stored(&mut self, written: Vec<(String, u64)>) {
+        for (name, value) in written {
+            match self.stored_counters.iter_mut().find(|(n, _)| *n == name) {
+                Some(slot) => slot.1 = value,
+                None => self.stored_counters.push((name, value)),
+            }
+        }
+    }
+
+    fn trim(&mut self) {
+        self.last_trim = Instant::now();
+        match self
+            .store
+            .trim(self.config.retention, self.config.max_bytes)
+        {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, "log retention removed old records"),
+            Err(err) => tracing::warn!(error = %err, "log retention failed"),
+        }
+    }
+}
