@@ -291,6 +291,7 @@ impl Collector {
             }
         }
     }
+
     /// Hands the batch to the writer, with the kernel counters when they
     /// changed (so the store's counters account for the records with them).
     fn write(&mut self) {
