@@ -38,7 +38,16 @@ impl StoreWriter {
         config: CollectorConfig,
         counters: Arc<CollectorCounters>,
     ) -> std::io::Result<StoreWriter> {
-        let (jobs, queue) = mpsc::sync_channel(QUEUE_BATCHES);
+        Self::with_queue(store, config, counters, QUEUE_BATCHES)
+    }
+
+    fn with_queue(
+        store: LogStore,
+        config: CollectorConfig,
+        counters: Arc<CollectorCounters>,
+        batches: usize,
+    ) -> std::io::Result<StoreWriter> {
+        let (jobs, queue) = mpsc::sync_channel(batches);
         let thread = {
             let counters = counters.clone();
             std::thread::Builder::new()
@@ -209,5 +218,87 @@ impl Writer {
             Ok(deleted) => tracing::info!(deleted, "log retention removed old records"),
             Err(err) => tracing::warn!(error = %err, "log retention failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::logging::record::Capture;
+    use crate::store::logs::LogQuery;
+
+    fn entry(n: i64) -> CallEntry {
+        CallEntry {
+            capture: Some(Capture::Userspace),
+            time_unix_ns: 1_700_000_000_000_000_000 + n,
+            method: "POST".into(),
+            path: "/v1/chat/completions".into(),
+            status: Some(200),
+            ..CallEntry::default()
+        }
+    }
+
+    /// A store another connection keeps locked stands for a stalled disk:
+    /// batches are then dropped and counted, `write` never waits, and once
+    /// the disk is back every batch sent is either stored or counted.
+    #[test]
+    fn a_stalled_store_drops_and_counts_but_never_blocks() {
+        let dir = std::env::temp_dir().join(format!("apx-writer-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("logs.db");
+        let store = LogStore::open(&path).unwrap();
+        let counters = Arc::new(CollectorCounters::default());
+        let config = CollectorConfig {
+            retention: Duration::from_secs(3600),
+            max_bytes: u64::MAX,
+        };
+        let writer = StoreWriter::with_queue(store, config, counters.clone(), 2).unwrap();
+
+        let blocker = rusqlite::Connection::open(&path).unwrap();
+        blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let mut sent = 0u64;
+        let started = Instant::now();
+        while counters.store_backlog_drops.load(Ordering::Relaxed) == 0 {
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "no batch was ever dropped"
+            );
+            let batch: Vec<CallEntry> = (0..10).map(|i| entry(sent as i64 + i)).collect();
+            let at = Instant::now();
+            writer.write(batch, Vec::new());
+            assert!(
+                at.elapsed() < Duration::from_millis(50),
+                "write waited for the disk"
+            );
+            sent += 10;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        blocker.execute_batch("COMMIT").unwrap();
+
+        let (ack, done) = mpsc::sync_channel(1);
+        writer.flush(ack);
+        done.recv_timeout(Duration::from_secs(10)).unwrap();
+        writer.stop();
+        let store = LogStore::open(&path).unwrap();
+        let stored = store
+            .query(&LogQuery {
+                limit: Some(100_000),
+                ..LogQuery::default()
+            })
+            .unwrap()
+            .len() as u64;
+        let dropped = counters.store_backlog_drops.load(Ordering::Relaxed);
+        assert!(
+            dropped > 0 && stored > 0,
+            "stored {stored}, dropped {dropped}"
+        );
+        assert_eq!(stored + dropped, sent);
+        let stored_counter = store
+            .counters()
+            .unwrap()
+            .into_iter()
+            .find(|(name, _)| name == "gateway.store_backlog_drops");
+        assert_eq!(stored_counter.map(|(_, v)| v), Some(dropped));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
