@@ -23,7 +23,7 @@ use apx_capture_common::*;
 use aya_ebpf::{
     helpers::generated::{
         bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_get_smp_processor_id,
-        bpf_ktime_get_ns, bpf_loop, bpf_probe_read_kernel, bpf_probe_read_user, bpf_task_pt_regs,
+        bpf_ktime_get_ns, bpf_loop, bpf_probe_read_user, bpf_task_pt_regs,
     },
     macros::{map, tracepoint},
     maps::{Array, HashMap, PerCpuArray, RingBuf},
@@ -92,7 +92,8 @@ static LISTENERS: HashMap<u32, u16> = HashMap::with_max_entries(64, 0);
 /// Per-CPU parse scratch.
 #[map]
 static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
-/// One all-zero connection: copy source to reset state (never written).
+/// One all-zero connection: the initial value of a new `CONNS` entry (never
+/// written).
 #[map]
 static ZERO: Array<Conn> = Array::with_max_entries(1, 0);
 /// Counters, see apx_capture_common::stats.
@@ -169,28 +170,29 @@ fn stash(ctx: &TracePointContext, kind: u32) {
 
 /// The current syscall's fd, pointer and count, read from the registers
 /// the task saved at syscall entry (see `REGS_ARGS`); `None` for another
-/// process. `fd` is looked up first: most calls are on untracked fds.
+/// process or an fd that is not a tracked connection (most calls: upstream
+/// sockets, eventfds), which is decided on the fd alone before the rest is
+/// read. The registers are read with plain loads through the BTF pointer
+/// `bpf_task_pt_regs` returns (the verifier checks them against `struct
+/// pt_regs`; the offsets are load-time constants in `.rodata`, which the
+/// verifier sees as known values): no `bpf_probe_read_kernel` call per
+/// argument.
 #[inline(always)]
-fn args_from_regs() -> Option<Args> {
+fn args_from_regs() -> Option<(Args, *mut Conn)> {
     ours()?;
     unsafe {
         let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const u8;
-        let fd = read_kernel_u64(regs, REGS_ARG0.load())? as u32;
-        let ptr = read_kernel_u64(regs, REGS_ARG1.load())?;
-        let cnt = read_kernel_u64(regs, REGS_ARG2.load())?;
-        Some(Args { fd, kind: 0, ptr, cnt })
+        let fd = reg(regs, REGS_ARG0.load()) as u32;
+        let c = CONNS.get_ptr_mut(&fd)?;
+        let ptr = reg(regs, REGS_ARG1.load());
+        let cnt = reg(regs, REGS_ARG2.load());
+        Some((Args { fd, kind: 0, ptr, cnt }, c))
     }
 }
 
 #[inline(always)]
-unsafe fn read_kernel_u64(base: *const u8, off: u32) -> Option<u64> {
-    let mut v = 0u64;
-    let src = base.add((off & 0x1ff) as usize);
-    if bpf_probe_read_kernel(&mut v as *mut u64 as *mut c_void, 8, src as *const c_void) == 0 {
-        Some(v)
-    } else {
-        None
-    }
+unsafe fn reg(regs: *const u8, off: u32) -> u64 {
+    core::ptr::read_volatile(regs.add((off & 0x1f8) as usize) as *const u64)
 }
 
 #[inline(always)]
@@ -378,9 +380,9 @@ const EINTR: i64 = 4;
 /// indirect call per step otherwise, a retpoline on this kernel).
 #[inline(always)]
 fn on_io_exit<const RESP: bool, const VEC: bool>(ctx: &TracePointContext) {
-    let a = if REGS_ARGS.load() != 0 {
-        let Some(a) = args_from_regs() else { return };
-        a
+    let (a, c) = if REGS_ARGS.load() != 0 {
+        let Some(ac) = args_from_regs() else { return };
+        ac
     } else {
         let Some(a) = take(ctx) else { return };
         let want = match (RESP, VEC) {
@@ -392,9 +394,9 @@ fn on_io_exit<const RESP: bool, const VEC: bool>(ctx: &TracePointContext) {
         if a.kind != want {
             return;
         }
-        a
+        let Some(c) = CONNS.get_ptr_mut(&a.fd) else { return };
+        (a, c)
     };
-    let Some(c) = CONNS.get_ptr_mut(&a.fd) else { return };
     let Some(ret) = arg::<i64>(ctx, RET) else { return };
     if ret <= 0 {
         if !RESP {
@@ -497,15 +499,6 @@ pub(crate) fn zero(p: &mut u64) {
 #[inline(always)]
 pub(crate) unsafe fn read_user(dst: *mut u8, len: u32, src: u64) -> bool {
     bpf_probe_read_user(dst as *mut c_void, len, src as *const c_void) == 0
-}
-
-/// Reset `dst` (`len` bytes) from the all-zero map entry at the same offset.
-#[inline(always)]
-pub(crate) unsafe fn zero_from_template(dst: *mut u8, len: u32, offset: usize) {
-    if let Some(z) = ZERO.get_ptr(0) {
-        let src = (z as *const u8).add(offset);
-        bpf_probe_read_kernel(dst as *mut c_void, len, src as *const c_void);
-    }
 }
 
 /// Pending bytes in the ring buffer above which a record wakes the reader.
