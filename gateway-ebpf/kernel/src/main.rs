@@ -83,6 +83,40 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(2 * 1024 * 1024, 0);
 /// Accepted socket fd → connection state.
 #[map]
 static CONNS: HashMap<u32, Conn> = HashMap::with_max_entries(2048, 0);
+/// One byte per fd number below `TRACKED_FDS`: 1 = maybe in `CONNS`.
+/// Every read/write of the gateway runs an exit program, and most are on
+/// fds that are not accepted connections (upstream sockets, eventfds):
+/// for them this inlined array load replaces a `CONNS` hash lookup (a
+/// helper call, the hash, a bucket walk). A byte is set after its `CONNS`
+/// insert at accept and cleared with the removal at close / socket reuse;
+/// a stale 1 only costs the hash lookup, and a 0 cannot hide a connection
+/// because the fd reaches user space only after the accept exit set it.
+/// Larger fds always take the hash lookup.
+#[map]
+static TRACKED: Array<[u8; TRACKED_FDS]> = Array::with_max_entries(1, 0);
+const TRACKED_FDS: usize = 65536;
+
+/// Is `fd` possibly a tracked connection (see `TRACKED`)?
+#[inline(always)]
+fn maybe_tracked(fd: u32) -> bool {
+    if fd as usize >= TRACKED_FDS {
+        return true;
+    }
+    match TRACKED.get_ptr(0) {
+        Some(t) => unsafe { *(t as *const u8).add(fd as usize & (TRACKED_FDS - 1)) != 0 },
+        None => true,
+    }
+}
+
+#[inline(always)]
+fn set_tracked(fd: u32, on: bool) {
+    if (fd as usize) < TRACKED_FDS {
+        if let Some(t) = TRACKED.get_ptr_mut(0) {
+            unsafe { *(t as *mut u8).add(fd as usize & (TRACKED_FDS - 1)) = on as u8 };
+        }
+    }
+}
+
 /// Thread (pid_tgid) → arguments of the syscall it is in.
 #[map]
 static ARGS: HashMap<u64, Args> = HashMap::with_max_entries(1024, 0);
@@ -183,6 +217,9 @@ fn args_from_regs() -> Option<(Args, *mut Conn)> {
     unsafe {
         let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const u8;
         let fd = reg(regs, REGS_ARG0.load()) as u32;
+        if !maybe_tracked(fd) {
+            return None;
+        }
         let c = CONNS.get_ptr_mut(&fd)?;
         let ptr = reg(regs, REGS_ARG1.load());
         let cnt = reg(regs, REGS_ARG2.load());
@@ -246,6 +283,7 @@ fn on_accept_exit(ctx: &TracePointContext) {
         return;
     }
     let Some(c) = CONNS.get_ptr_mut(&fd) else { return };
+    set_tracked(fd, true);
     let now = unsafe { bpf_ktime_get_ns() };
     let c = unsafe { &mut *c };
     c.fd = fd;
@@ -472,6 +510,7 @@ pub fn enter_close(ctx: TracePointContext) -> u32 {
     let now = unsafe { bpf_ktime_get_ns() };
     unsafe { parse::on_close(&mut *c, now) };
     let _ = CONNS.remove(&fd);
+    set_tracked(fd, false);
     0
 }
 
@@ -481,6 +520,7 @@ pub fn exit_socket(ctx: TracePointContext) -> u32 {
     let Some(ret) = arg::<i64>(&ctx, RET) else { return 0 };
     if ret >= 0 {
         let _ = CONNS.remove(&(ret as u32));
+        set_tracked(ret as u32, false);
     }
     0
 }

@@ -289,7 +289,15 @@ unsafe fn step<const RESP: bool>(ctx: *mut c_void) -> i64 {
         let valid = first_lanes(avail);
         let n = if avail < 8 { avail } else { 8 };
         let w = window_word(s, idx);
-        let k = word_step::<RESP>(c, st, w, valid, n, s.now);
+        // The following 8 bytes too, for header names and values: a run
+        // that fills the first word may go on into the second.
+        let (w2, n2) = if avail > 8 && idx <= WIN - 16 {
+            let a2 = avail - 8;
+            (window_word(s, idx + 8), if a2 < 8 { a2 } else { 8 })
+        } else {
+            (0, 0)
+        };
+        let k = word_step::<RESP>(c, st, w, valid, n, w2, n2, s.now);
         if k > 0 {
             s.pos += k;
             // The byte that ended the run (or the next one after a full
@@ -587,7 +595,16 @@ fn run_len(stop: u64, valid: u64, n: u64) -> u64 {
 
 /// One word step (see `step`): bytes consumed, 0 = take the byte path.
 #[inline(always)]
-unsafe fn word_step<const RESP: bool>(c: &mut Conn, st: u8, w: u64, valid: u64, n: u64, now: u64) -> u64 {
+unsafe fn word_step<const RESP: bool>(
+    c: &mut Conn,
+    st: u8,
+    w: u64,
+    valid: u64,
+    n: u64,
+    w2: u64,
+    n2: u64,
+    now: u64,
+) -> u64 {
     if st == ST_START || (!RESP && st == ST_L1A) {
         let b0 = w & 0xff;
         if st == ST_START && (b0 == CR as u64 || b0 == LF as u64) {
@@ -639,20 +656,18 @@ unsafe fn word_step<const RESP: bool>(c: &mut Conn, st: u8, w: u64, valid: u64, 
             return 0;
         }
         let d = c_dir::<RESP>(c);
-        let mut h = if st == ST_HSTART { FNV_OFFSET } else { d.name_hash };
-        let lw = lower8(w);
-        let mut lane = 0;
-        while lane < 8 {
-            if lane >= k {
-                break;
-            }
-            h = (h ^ ((lw >> (8 * lane)) & 0xff)).wrapping_mul(FNV_PRIME);
-            lane += 1;
+        let h = if st == ST_HSTART { FNV_OFFSET } else { d.name_hash };
+        let mut h = fnv_lanes(h, lower8(w), k);
+        let mut total = k;
+        if k == 8 && n2 > 0 {
+            let k2 = run_len(not_tchar_lanes(w2), first_lanes(n2), n2);
+            h = fnv_lanes(h, lower8(w2), k2);
+            total += k2;
         }
         d.name_hash = h;
         d.st = ST_HNAME;
-        add_bytes::<RESP>(c, k);
-        return k;
+        add_bytes::<RESP>(c, total);
+        return total;
     }
     if st == ST_HOWS || st == ST_HVAL {
         // Leading spaces/tabs of the value stay on the byte path.
@@ -664,6 +679,12 @@ unsafe fn word_step<const RESP: bool>(c: &mut Conn, st: u8, w: u64, valid: u64, 
             return 0;
         }
         c_dir::<RESP>(c).st = ST_HVAL;
+        if k == 8 && n2 > 0 {
+            let k2 = run_len(value_bad_lanes(w2), first_lanes(n2), n2);
+            if k2 > 0 && value_run::<RESP>(c, w2, k2) {
+                return 8 + k2;
+            }
+        }
         return k;
     }
     if st == ST_L1C && !RESP && c.rq.tok == 0 && n == 8 {
@@ -699,6 +720,20 @@ unsafe fn word_step<const RESP: bool>(c: &mut Conn, st: u8, w: u64, valid: u64, 
         return k;
     }
     0
+}
+
+/// FNV-1a over the low `k` (≤ 8) lanes of the lower-cased word `lw`.
+#[inline(always)]
+fn fnv_lanes(mut h: u64, lw: u64, k: u64) -> u64 {
+    let mut lane = 0;
+    while lane < 8 {
+        if lane >= k {
+            break;
+        }
+        h = (h ^ ((lw >> (8 * lane)) & 0xff)).wrapping_mul(FNV_PRIME);
+        lane += 1;
+    }
+    h
 }
 
 /// `k` (1..=8) bytes of the request target (no space, no control byte) at
@@ -987,7 +1022,10 @@ unsafe fn value_run<const RESP: bool>(c: &mut Conn, w: u64, k: u64) -> bool {
     }
     let slot = d.slot as usize;
     let cred = d.cred;
-    let i = d.tok as usize;
+    // Loaded from memory (not reused from a register): with two runs per
+    // step LLVM otherwise checks one zero-extended copy of `tok + k` and
+    // indexes with another, which the verifier cannot relate.
+    let i = core::ptr::read_volatile(&d.tok) as usize;
     if cred == 0 && d.sub != 2 {
         return false;
     }
