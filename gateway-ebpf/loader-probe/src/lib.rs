@@ -95,7 +95,18 @@ pub struct Config {
     pub wakeup_bytes: Option<u64>,
     /// Use this object instead of `PREBUILT`.
     pub object: Option<Vec<u8>>,
+    /// Attach the `read`/`write` tracepoints (default true). A server that
+    /// does its socket I/O through Rust's std/mio/tokio never uses them on
+    /// a socket: `recv`/`send` (recvfrom/sendto) and `readv`/`writev`.
+    /// Its read/write calls are eventfd and pipe wake-ups (≈ 2.3 per
+    /// proxied request in the gateway), and every enabled syscall event
+    /// costs each call, of every process on the machine, the perf
+    /// tracepoint path plus a program run. false: not attached.
+    pub plain_read_write: bool,
 }
+
+/// Hooks left out with `Config::plain_read_write` false.
+const PLAIN_READ_WRITE: &[&str] = &["enter_read", "exit_read", "enter_write", "exit_write"];
 
 impl Config {
     pub fn for_pid(tgid: u32) -> Config {
@@ -109,6 +120,7 @@ impl Config {
             max_conns: None,
             wakeup_bytes: None,
             object: None,
+            plain_read_write: true,
         }
     }
 }
@@ -283,6 +295,9 @@ impl Capture {
         let mut prog_load = Vec::new();
         for (prog, cat, name) in HOOKS {
             if regs_args != 0 && STASH_ONLY.contains(prog) {
+                continue;
+            }
+            if !cfg.plain_read_write && PLAIN_READ_WRITE.contains(prog) {
                 continue;
             }
             let tp = Instant::now();

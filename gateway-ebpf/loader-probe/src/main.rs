@@ -295,9 +295,10 @@ fn main() {
             "--raw" => raw = true,
             "--wakeup-bytes" => cfg.wakeup_bytes = Some(val().parse().unwrap_or_else(|_| die("bad --wakeup-bytes"))),
             "--quiet" => quiet = true,
+            "--no-read-write" => cfg.plain_read_write = false,
             "--prog-stats" => prog_stats = true,
             "-h" | "--help" => {
-                eprintln!("usage: apx-capture-probe --pid PID [--duration SECS] [--header NAME]... [--key HEX32] [--known-key ID=TOKEN]... [--raw] [--quiet] [--prog-stats] [--wakeup-bytes N] [--object FILE]");
+                eprintln!("usage: apx-capture-probe --pid PID [--duration SECS] [--header NAME]... [--key HEX32] [--known-key ID=TOKEN]... [--raw] [--quiet] [--prog-stats] [--wakeup-bytes N] [--object FILE] [--no-read-write]");
                 return;
             }
             _ => die(&format!("unknown argument {a}")),
