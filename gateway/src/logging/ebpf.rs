@@ -105,6 +105,10 @@ impl EbpfCapture {
             // Only the gateway's own listener: not the built-in echo
             // provider's, not upstream connections.
             require_listener: true,
+            // tokio/mio move socket bytes with recvfrom/sendto/readv/writev
+            // only; plain read/write in this process are eventfd wake-ups,
+            // so their tracepoints would only cost.
+            plain_read_write: false,
             ringbuf_bytes: ring_bytes,
             // The collector polls every batch period anyway; a wake-up is a
             // self-IPI (a VM exit under virtualisation), so the kernel wakes
