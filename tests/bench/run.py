@@ -1116,27 +1116,68 @@ def main() -> int:
                 targets.append(("nginx", nginx))
                 time.sleep(0.2)
                 results["settings"]["nginx_workers"] = len(nginx.pids()) - 1
+            # An eBPF-capture gateway attaches syscall tracepoints that every
+            # process on the machine passes through (the programs return at
+            # once for other processes, the tracepoint machinery still runs):
+            # it is started only for its own cells, so it does not tax the
+            # other targets' numbers.
+            ebpf_variants = {f"apx[{v.stem}]": v for v in variants
+                             if variant_capture(v) == "ebpf"}
             for v in variants:
+                if f"apx[{v.stem}]" in ebpf_variants:
+                    targets.append((f"apx[{v.stem}]", None))
+                    continue
                 s = start_apx(apx_bin, v, tmp, mock.port)
                 servers.append(s)
                 targets.append((s.name, s))
             for name, server in targets:
-                sanity_check(name, (server or mock).port)
+                if name not in ebpf_variants:
+                    sanity_check(name, (server or mock).port)
+
+            def start_ebpf(name: str) -> Server:
+                s = start_apx(apx_bin, ebpf_variants[name], tmp, mock.port)
+                sanity_check(name, s.port)
+                return s
 
             cells: dict[tuple[str, int], list[dict]] = {}
-            for _ in range(args.repeat):
+            for round_no in range(args.repeat):
                 for name, server in targets:
+                    ebpf_server = start_ebpf(name) if name in ebpf_variants else None
+                    server = ebpf_server or server
                     port = (server or mock).port
-                    for c in args.conns_list:
-                        cells.setdefault((name, c, 0), []).append(
-                            load_cell(args, name, port, c, server, mock))
-                    if args.paced_ms > 0:
-                        cells.setdefault((name, P99_CONNS, args.paced_ms), []).append(
-                            load_cell(args, name, port, P99_CONNS, server, mock, args.paced_ms))
+                    try:
+                        for c in args.conns_list:
+                            cells.setdefault((name, c, 0), []).append(
+                                load_cell(args, name, port, c, server, mock))
+                        if args.paced_ms > 0:
+                            cells.setdefault((name, P99_CONNS, args.paced_ms), []).append(
+                                load_cell(args, name, port, P99_CONNS, server, mock,
+                                          args.paced_ms))
+                        if ebpf_server is not None and round_no == args.repeat - 1:
+                            results["memory"][name] = {
+                                "vmhwm_kib": ebpf_server.kib("VmHWM"),
+                                "vmrss_kib": ebpf_server.kib("VmRSS"),
+                                "processes": len(ebpf_server.pids()),
+                            }
+                    finally:
+                        if ebpf_server is not None:
+                            ebpf_server.stop()
             results["load"] = [median_row(runs) for runs in cells.values()]
-            results["ttfc"] = ttfc_all([(name, (server or mock).port) for name, server in targets],
-                                       args.ttfc_n, args.ttfc_words)
+            # Time to first chunk interleaves all targets: the eBPF ones run
+            # again for it (a latency measurement, sequential requests).
+            ttfc_targets = []
             for name, server in targets:
+                if name in ebpf_variants:
+                    server = start_ebpf(name)
+                    servers.append(server)
+                ttfc_targets.append((name, server))
+            results["ttfc"] = ttfc_all([(name, (server or mock).port)
+                                        for name, server in ttfc_targets],
+                                       args.ttfc_n, args.ttfc_words)
+            for name, server in ttfc_targets:
+                if name in ebpf_variants:
+                    server.stop()
+                    continue  # memory was read right after its load cells
                 s = server or mock
                 results["memory"][name if server else "mock"] = {
                     "vmhwm_kib": s.kib("VmHWM"), "vmrss_kib": s.kib("VmRSS"),
