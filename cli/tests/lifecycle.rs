@@ -137,6 +137,21 @@ fn start_call_status_keys_stop() {
     if status["requests_total"].is_u64() {
         assert!(status["requests_total"].as_u64().unwrap() >= 5, "{status}");
         assert_eq!(status["capture_mode"], "userspace");
+        // The calls above are in the log store (written in 50 ms batches).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        let mut status = status;
+        while status["log_records_written"].as_u64().unwrap_or(0) < 5
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            let out = home.run(&["status", "--json"]);
+            status = serde_json::from_slice(&out.stdout).unwrap();
+        }
+        assert!(
+            status["log_records_written"].as_u64().unwrap_or(0) >= 5,
+            "{status}"
+        );
+        assert_eq!(status["log_records_dropped"], 0, "{status}");
     }
 
     // A new key works at once; a revoked one is refused without a restart.

@@ -361,6 +361,8 @@ pub fn status(config_path: &Path, args: StatusArgs) -> anyhow::Result<()> {
         "requests_total": field("requests_total"),
         "requests_in_flight": field("requests_in_flight"),
         "streams_active": field("streams_active"),
+        "log_records_written": field("log_records_written"),
+        "log_records_dropped": field("log_records_dropped"),
         "version": field("version"),
         "config": config_path.display().to_string(),
         "log": log,
@@ -417,6 +419,15 @@ fn print_status(s: &Value, running: bool, answers: bool) {
         _ => Some("n/a (this gateway has no /apx/status)".to_string()),
     };
     row("requests", requests);
+    if let (Some(written), Some(dropped)) = (
+        s["log_records_written"].as_u64(),
+        s["log_records_dropped"].as_u64(),
+    ) {
+        row(
+            "records",
+            Some(format!("{written} stored, {dropped} dropped")),
+        );
+    }
     row("version", text("version"));
     row("config", text("config"));
     row("log", text("log"));

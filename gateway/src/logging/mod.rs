@@ -255,6 +255,15 @@ impl Logging {
         }
     }
 
+    /// Records written to the store since start.
+    pub fn written(&self) -> u64 {
+        self.sink.as_ref().map_or(0, |s| {
+            s.counters()
+                .written
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+    }
+
     /// Records the gateway lost before they reached the store (a full
     /// channel to the collector, a full queue to the disk).
     pub fn drops(&self) -> u64 {

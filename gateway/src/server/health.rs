@@ -30,6 +30,7 @@ pub fn status(gateway: &Gateway) -> (StatusCode, Bytes) {
         "listen": gateway.listen.to_string(),
         "capture_mode": gateway.logging.active().name(),
         "capture_reason": gateway.logging.active().reason,
+        "log_records_written": gateway.logging.written(),
         "log_records_dropped": gateway.logging.drops(),
         "requests_total": gateway.stats.requests_total.load(Ordering::Relaxed),
         // This status request itself is not counted as in flight.
