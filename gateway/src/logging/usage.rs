@@ -102,7 +102,9 @@ impl UsageTap {
         let Some(payload) = line.strip_prefix(b"data:") else {
             return;
         };
-        if !contains(payload, b"\"usage\"") {
+        // `"usage":null` (every chunk of an OpenAI stream that asked for
+        // usage) has nothing to read: only an object is parsed.
+        if !has_usage_object(payload) {
             return;
         }
         if let Ok(value) = serde_json::from_slice::<UsageCarrier>(payload) {
@@ -186,11 +188,21 @@ struct Usage {
     completion_tokens: Option<u64>,
 }
 
-/// Whether `needle` occurs in `haystack` (short texts: a plain window scan).
-pub(crate) fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack
-        .windows(needle.len())
-        .any(|window| window == needle)
+/// Whether `bytes` have a `"usage"` member whose value is an object.
+pub(crate) fn has_usage_object(bytes: &[u8]) -> bool {
+    const NAME: &[u8] = b"\"usage\"";
+    let mut rest = bytes;
+    while let Some(at) = rest.windows(NAME.len()).position(|w| w == NAME) {
+        rest = &rest[at + NAME.len()..];
+        let mut value = rest.iter().skip_while(|b| b.is_ascii_whitespace());
+        if value.next() != Some(&b':') {
+            continue;
+        }
+        if value.find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
+            return true;
+        }
+    }
+    false
 }
 
 #[cfg(test)]

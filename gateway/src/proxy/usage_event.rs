@@ -11,7 +11,7 @@
 use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
 
-use crate::logging::usage::contains;
+use crate::logging::usage::has_usage_object;
 
 #[derive(Debug, Default)]
 pub struct InjectedUsageFilter {
@@ -34,7 +34,9 @@ impl InjectedUsageFilter {
             self.held.extend_from_slice(&buffer[complete..]);
         }
         let ready = buffer.slice(..complete);
-        if !contains(&ready, b"\"usage\"") {
+        // Every event of an asked-for stream says `"usage":null`; only the
+        // usage report carries an object, so the rest pass without a parse.
+        if !has_usage_object(&ready) {
             return ready;
         }
         let mut kept = BytesMut::with_capacity(ready.len());
@@ -97,6 +99,9 @@ struct Probe {
 }
 
 fn is_injected_usage(event: &[u8]) -> bool {
+    if !has_usage_object(event) {
+        return false;
+    }
     let Some(payload) = event.split(|b| *b == b'\n').find_map(|line| {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         line.strip_prefix(b"data:")
@@ -154,6 +159,25 @@ mod tests {
         let crlf_usage = USAGE.replace('\n', "\r\n");
         let mut filter = InjectedUsageFilter::default();
         assert!(run(&mut filter, &[crlf_usage.as_bytes()]).is_empty());
+    }
+
+    #[test]
+    fn only_a_usage_object_counts() {
+        assert!(has_usage_object(b"{\"usage\" : {\"prompt_tokens\":1}}"));
+        assert!(has_usage_object(b"{\"usage\":{}}"));
+        assert!(!has_usage_object(b"{\"usage\":null,\"x\":{}}"));
+        assert!(!has_usage_object(b"{\"type\":\"usage\",\"x\":{}}"));
+        assert!(!has_usage_object(b"no usage here"));
+        // The chunk the client would not have seen with usage:null passes as is.
+        let mut filter = InjectedUsageFilter::default();
+        let chunk = Bytes::from_static(CHUNK.as_bytes());
+        let out = filter.push(chunk.clone());
+        assert_eq!(out, chunk);
+        assert_eq!(
+            out.as_ptr(),
+            chunk.as_ptr(),
+            "passed through without a copy"
+        );
     }
 
     #[test]
