@@ -43,8 +43,8 @@ pub fn kernel_version(release: &str) -> Option<(u32, u32)> {
     Some((major, minor))
 }
 
-/// The running kernel's release string.
-fn kernel_release() -> String {
+/// The running kernel's release string (`uname -r`).
+pub fn kernel_release() -> String {
     // SAFETY: uname fills the struct it is given; its fields are
     // NUL-terminated C strings within the struct.
     unsafe {
@@ -367,6 +367,8 @@ mod tests {
         assert_eq!(kernel_version("6.1.0-18-amd64"), Some((6, 1)));
         assert_eq!(kernel_version("5.15.0-91-generic"), Some((5, 15)));
         assert_eq!(kernel_version("6.18.44-fc-v782"), Some((6, 18)));
+        assert_eq!(kernel_version("6.18.0-1-amd64"), Some((6, 18)));
+        assert_eq!(kernel_version("5.4.0"), Some((5, 4)));
         assert_eq!(kernel_version("garbage"), None);
         assert!(Some((5, 15)) < Some(MIN_KERNEL));
         assert!(Some((6, 1)) >= Some(MIN_KERNEL));

@@ -185,16 +185,11 @@ fn print_table(config_path: &Path, kernel: &Kernel, checks: &[Check], capture: &
     println!("{pass} passed, {warn} warnings, {fail} failed");
 }
 
-fn parse_version(release: &str) -> Option<(u32, u32)> {
-    apx_gateway::logging::ebpf::kernel_version(release)
-}
-
 fn kernel_check(kernel: &mut Kernel) -> Check {
-    let release = nix::sys::utsname::uname()
-        .map(|u| u.release().to_string_lossy().into_owned())
-        .unwrap_or_default();
+    // The gateway's own reading, so doctor and the loader agree.
+    let release = apx_gateway::logging::ebpf::kernel_release();
     kernel.release = release.clone();
-    kernel.version = parse_version(&release);
+    kernel.version = apx_gateway::logging::ebpf::kernel_version(&release);
     match kernel.version {
         Some(v) if v >= MIN_KERNEL => check(
             "kernel",
@@ -579,13 +574,6 @@ fn capture_decision(kernel: &Kernel, configured: Option<CaptureMode>) -> Capture
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn versions_parse() {
-        assert_eq!(parse_version("6.18.0-1-amd64"), Some((6, 18)));
-        assert_eq!(parse_version("5.4.0"), Some((5, 4)));
-        assert_eq!(parse_version("garbage"), None);
-    }
 
     #[test]
     fn key_references_are_found() {
