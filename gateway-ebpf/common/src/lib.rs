@@ -587,7 +587,9 @@ const _: () = assert!(core::mem::size_of::<RecordHeader>() == 32);
 const _: () = assert!(core::mem::size_of::<ConnInfo>() == 32);
 const _: () = assert!(core::mem::size_of::<Field>() == 128);
 const _: () = assert!(core::mem::size_of::<Cred>() == 16);
-const _: () = assert!(core::mem::size_of::<RequestRecord>() == 32 + 32 + 40 + 16 + 16 + 8 + 256 + 128 * 14 + 64);
+const _: () = assert!(
+    core::mem::size_of::<RequestRecord>() == 32 + 32 + 40 + 16 + 16 + 8 + 256 + 128 * 14 + 64
+);
 const _: () = assert!(core::mem::size_of::<ResponseRecord>() == 32 + 48);
 const _: () = assert!(core::mem::size_of::<CloseRecord>() == 32 + 32 + 32);
 
@@ -621,7 +623,9 @@ mod tests {
     #[test]
     fn push8_is_eight_pushes_at_any_offset() {
         let (k0, k1) = (0x0706_0504_0302_0100, 0x0f0e_0d0c_0b0a_0908);
-        let data: Vec<u8> = (0..64u8).map(|i| i.wrapping_mul(151).wrapping_add(7)).collect();
+        let data: Vec<u8> = (0..64u8)
+            .map(|i| i.wrapping_mul(151).wrapping_add(7))
+            .collect();
         for head in 0..9 {
             for words in 0..4 {
                 let mut bytewise = Sip::new(k0, k1);
@@ -643,7 +647,11 @@ mod tests {
                     bytewise.push(b);
                     wordwise.push(b);
                 }
-                assert_eq!(bytewise.finish(), wordwise.finish(), "head {head} words {words}");
+                assert_eq!(
+                    bytewise.finish(),
+                    wordwise.finish(),
+                    "head {head} words {words}"
+                );
             }
         }
     }
@@ -664,13 +672,25 @@ mod tests {
                 }
                 if round % 5 == 0 {
                     let special = [0x00, 0x09, 0x0a, 0x0d, 0x1f, 0x7f, 0x80, 0xff, 0x20, 0x7e];
-                    bytes[(seed >> 8) as usize % 8] = special[(seed >> 16) as usize % special.len()];
+                    bytes[(seed >> 8) as usize % 8] =
+                        special[(seed >> 16) as usize % special.len()];
                 }
             }
             let w = u64::from_le_bytes(bytes);
             assert_eq!(plain8(w), bytes.iter().all(|&b| plain(b)), "{bytes:02x?}");
-            for b in [b' ', b'\r', 0x7f, 0x00, 0xff, bytes[(seed >> 24) as usize % 8]] {
-                assert_eq!(has_byte(w, b), bytes.contains(&b), "{b:02x} in {bytes:02x?}");
+            for b in [
+                b' ',
+                b'\r',
+                0x7f,
+                0x00,
+                0xff,
+                bytes[(seed >> 24) as usize % 8],
+            ] {
+                assert_eq!(
+                    has_byte(w, b),
+                    bytes.contains(&b),
+                    "{b:02x} in {bytes:02x?}"
+                );
             }
         }
     }
@@ -678,7 +698,9 @@ mod tests {
     #[test]
     fn push_tail_is_n_pushes_at_any_offset() {
         let (k0, k1) = (0x1111_2222_3333_4444, 0x5555_6666_7777_8888);
-        let data: Vec<u8> = (0..40u8).map(|i| i.wrapping_mul(97).wrapping_add(3)).collect();
+        let data: Vec<u8> = (0..40u8)
+            .map(|i| i.wrapping_mul(97).wrapping_add(3))
+            .collect();
         for head in 0..9 {
             for n in 0..8 {
                 let mut bytewise = Sip::new(k0, k1);
@@ -733,14 +755,25 @@ mod tests {
             );
             assert_eq!(byte_lanes(w, b'\n'), lanes(w, &|b| b == b'\n'));
             assert_eq!(byte_lanes(w, b' '), lanes(w, &|b| b == b' '));
-            assert_eq!(range_lanes(w, b'0', b'9'), lanes(w, &|b| b.is_ascii_digit()));
+            assert_eq!(
+                range_lanes(w, b'0', b'9'),
+                lanes(w, &|b| b.is_ascii_digit())
+            );
             let lowered = u64::from_le_bytes(bytes.map(|b| b.to_ascii_lowercase()));
             assert_eq!(lower8(w), lowered, "{bytes:02x?}");
             let m = lanes(w, &|b| b == bytes[(seed >> 40) as usize % 8]);
             assert_eq!(first_lane(m), (m.trailing_zeros() / 8) as u64);
         }
         for n in 0..10 {
-            assert_eq!(first_lanes(n), lanes(u64::MAX, &|_| true) & if n >= 8 { u64::MAX } else { (1u64 << (8 * n)) - 1 });
+            assert_eq!(
+                first_lanes(n),
+                lanes(u64::MAX, &|_| true)
+                    & if n >= 8 {
+                        u64::MAX
+                    } else {
+                        (1u64 << (8 * n)) - 1
+                    }
+            );
         }
     }
 

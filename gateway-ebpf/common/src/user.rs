@@ -201,8 +201,12 @@ impl Joiner {
                 self.take_if_done(key)
             }
             Record::Close(c) => {
-                let mut keys: Vec<_> =
-                    self.pending.keys().filter(|k| k.0 == h.conn_id).copied().collect();
+                let mut keys: Vec<_> = self
+                    .pending
+                    .keys()
+                    .filter(|k| k.0 == h.conn_id)
+                    .copied()
+                    .collect();
                 keys.sort();
                 keys.into_iter()
                     .filter_map(|k| self.pending.remove(&k))
@@ -224,8 +228,11 @@ impl Joiner {
         if self.pending.len() <= max {
             return 0;
         }
-        let mut order: Vec<(u64, (u64, u32))> =
-            self.pending.iter().map(|(k, (opened, _))| (*opened, *k)).collect();
+        let mut order: Vec<(u64, (u64, u32))> = self
+            .pending
+            .iter()
+            .map(|(k, (opened, _))| (*opened, *k))
+            .collect();
         order.sort_unstable();
         let excess = self.pending.len() - max * 3 / 4;
         for (_, key) in order.into_iter().take(excess) {
@@ -243,7 +250,13 @@ impl Joiner {
                 *opened += 1;
                 (
                     *opened,
-                    Exchange { conn_id: key.0, seq: key.1, request: None, response: None, close: None },
+                    Exchange {
+                        conn_id: key.0,
+                        seq: key.1,
+                        request: None,
+                        response: None,
+                        close: None,
+                    },
                 )
             })
             .1
@@ -256,7 +269,11 @@ impl Joiner {
             .map(|(_, e)| e.request.is_some() && e.response.is_some())
             .unwrap_or(false);
         if done {
-            self.pending.remove(&key).map(|(_, e)| e).into_iter().collect()
+            self.pending
+                .remove(&key)
+                .map(|(_, e)| e)
+                .into_iter()
+                .collect()
         } else {
             Vec::new()
         }
@@ -296,7 +313,10 @@ mod tests {
         close.hdr.conn_id = 99;
         let flushed = joiner.push(Record::Close(close));
         assert_eq!(flushed.len(), 1);
-        assert_eq!((flushed[0].conn_id, flushed[0].response.is_some()), (99, true));
+        assert_eq!(
+            (flushed[0].conn_id, flushed[0].response.is_some()),
+            (99, true)
+        );
         close.hdr.conn_id = 5;
         assert!(joiner.push(Record::Close(close)).is_empty());
     }

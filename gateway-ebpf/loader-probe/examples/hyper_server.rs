@@ -22,8 +22,15 @@ type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 async fn handle(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_string();
     if req.method() == hyper::Method::POST {
-        let n = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
-        return Ok(Response::new(Full::new(Bytes::from(format!("got {n} bytes\n"))).boxed()));
+        let n = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes().len())
+            .unwrap_or(0);
+        return Ok(Response::new(
+            Full::new(Bytes::from(format!("got {n} bytes\n"))).boxed(),
+        ));
     }
     if path == "/sse" {
         return Ok(Response::new(sse().boxed()));
@@ -41,7 +48,9 @@ async fn handle(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
         });
         return Ok(Response::new(ChanBody(rx).boxed()));
     }
-    Ok(Response::new(Full::new(Bytes::from_static(b"ok\n")).boxed()))
+    Ok(Response::new(
+        Full::new(Bytes::from_static(b"ok\n")).boxed(),
+    ))
 }
 
 /// Events of the `/sse` stream: 64 small events. The first 24 are queued
@@ -51,7 +60,11 @@ async fn handle(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
 /// shape of a relayed LLM stream.
 fn sse() -> ChanBody {
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
-    let event = |i: usize| Bytes::from(format!("event: delta\ndata: {{\"i\":{i},\"text\":\"tok{i}\"}}\n\n"));
+    let event = |i: usize| {
+        Bytes::from(format!(
+            "event: delta\ndata: {{\"i\":{i},\"text\":\"tok{i}\"}}\n\n"
+        ))
+    };
     for i in 0..24 {
         let _ = tx.try_send(event(i));
     }
@@ -83,17 +96,27 @@ impl hyper::body::Body for ChanBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.get_mut().0.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
+        self.get_mut()
+            .0
+            .poll_recv(cx)
+            .map(|o| o.map(|b| Ok(Frame::data(b))))
     }
 }
 
 #[tokio::main(worker_threads = 2)]
 async fn main() {
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:38418".into());
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:38418".into());
     let listener = tokio::net::TcpListener::bind(&addr).await.expect("bind");
-    eprintln!("hyper_server listening on {addr} pid {}", std::process::id());
+    eprintln!(
+        "hyper_server listening on {addr} pid {}",
+        std::process::id()
+    );
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         tokio::spawn(async move {
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service_fn(handle))

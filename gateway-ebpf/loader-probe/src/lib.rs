@@ -173,7 +173,10 @@ pub struct Capture {
 
 /// Make sure tracefs is mounted (syscall tracepoints need it).
 pub fn ensure_tracefs() -> Result<(), Error> {
-    for p in ["/sys/kernel/tracing/events", "/sys/kernel/debug/tracing/events"] {
+    for p in [
+        "/sys/kernel/tracing/events",
+        "/sys/kernel/debug/tracing/events",
+    ] {
         if Path::new(p).is_dir() {
             return Ok(());
         }
@@ -200,7 +203,9 @@ pub fn ensure_tracefs() -> Result<(), Error> {
 pub fn discover_listeners(pid: u32) -> Vec<(u32, u16)> {
     let mut inode_port = std::collections::HashMap::new();
     for f in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{}", &f[10..])).or_else(|_| std::fs::read_to_string(f)) else {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{}", &f[10..]))
+            .or_else(|_| std::fs::read_to_string(f))
+        else {
             continue;
         };
         for line in text.lines().skip(1) {
@@ -208,7 +213,11 @@ pub fn discover_listeners(pid: u32) -> Vec<(u32, u16)> {
             if cols.len() < 10 || cols[3] != "0A" {
                 continue; // not LISTEN
             }
-            let Some(port) = cols[1].rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok()) else {
+            let Some(port) = cols[1]
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok())
+            else {
                 continue;
             };
             inode_port.insert(cols[9].to_string(), port);
@@ -217,8 +226,12 @@ pub fn discover_listeners(pid: u32) -> Vec<(u32, u16)> {
     let mut out = Vec::new();
     if let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
         for e in dir.flatten() {
-            let Ok(fd) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-            let Ok(target) = std::fs::read_link(e.path()) else { continue };
+            let Ok(fd) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(target) = std::fs::read_link(e.path()) else {
+                continue;
+            };
             let t = target.to_string_lossy();
             if let Some(inode) = t.strip_prefix("socket:[").and_then(|s| s.strip_suffix(']')) {
                 if let Some(port) = inode_port.get(inode) {
@@ -277,7 +290,9 @@ impl Capture {
         if let Some(n) = cfg.max_conns {
             loader.map_max_entries("CONNS", n);
         }
-        let mut ebpf = loader.load(&image).map_err(err("loading the eBPF object"))?;
+        let mut ebpf = loader
+            .load(&image)
+            .map_err(err("loading the eBPF object"))?;
         let load_time = t0.elapsed();
         let listeners = if cfg.listeners.is_empty() {
             discover_listeners(cfg.tgid)
@@ -285,9 +300,11 @@ impl Capture {
             cfg.listeners.clone()
         };
         {
-            let mut map: BpfHashMap<_, u32, u16> =
-                BpfHashMap::try_from(ebpf.map_mut("LISTENERS").ok_or(Error("no LISTENERS map".into()))?)
-                    .map_err(err("LISTENERS"))?;
+            let mut map: BpfHashMap<_, u32, u16> = BpfHashMap::try_from(
+                ebpf.map_mut("LISTENERS")
+                    .ok_or(Error("no LISTENERS map".into()))?,
+            )
+            .map_err(err("LISTENERS"))?;
             for (fd, port) in listeners {
                 map.insert(fd, port, 0).map_err(err("LISTENERS insert"))?;
             }
@@ -306,21 +323,34 @@ impl Capture {
                 .ok_or_else(|| Error(format!("program {prog} missing from the object")))?
                 .try_into()
                 .map_err(err(prog))?;
-            p.load().map_err(|e| Error(format!("verifying {prog}: {e:?}")))?;
+            p.load()
+                .map_err(|e| Error(format!("verifying {prog}: {e:?}")))?;
             prog_load.push((*prog, tp.elapsed()));
             p.attach(cat, name).map_err(err(name))?;
         }
         let attach_time = t0.elapsed();
-        let ring = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or(Error("no EVENTS map".into()))?)
-            .map_err(err("EVENTS"))?;
-        Ok(Capture { ebpf, prog_load, ring, load_time, attach_time })
+        let ring = RingBuf::try_from(
+            ebpf.take_map("EVENTS")
+                .ok_or(Error("no EVENTS map".into()))?,
+        )
+        .map_err(err("EVENTS"))?;
+        Ok(Capture {
+            ebpf,
+            prog_load,
+            ring,
+            load_time,
+            attach_time,
+        })
     }
 
     /// Tell the kernel side that `fd` listens on `port` (listener opened after start).
     pub fn register_listener(&mut self, fd: u32, port: u16) -> Result<(), Error> {
-        let mut map: BpfHashMap<_, u32, u16> =
-            BpfHashMap::try_from(self.ebpf.map_mut("LISTENERS").ok_or(Error("no LISTENERS map".into()))?)
-                .map_err(err("LISTENERS"))?;
+        let mut map: BpfHashMap<_, u32, u16> = BpfHashMap::try_from(
+            self.ebpf
+                .map_mut("LISTENERS")
+                .ok_or(Error("no LISTENERS map".into()))?,
+        )
+        .map_err(err("LISTENERS"))?;
         map.insert(fd, port, 0).map_err(err("LISTENERS insert"))
     }
 
@@ -351,13 +381,19 @@ impl Capture {
     pub fn program_stats(&self) -> Vec<ProgStat> {
         let mut out = Vec::new();
         for (name, load_time) in &self.prog_load {
-            let mut st = ProgStat { name, load_time: *load_time, ..Default::default() };
+            let mut st = ProgStat {
+                name,
+                load_time: *load_time,
+                ..Default::default()
+            };
             if let Some(fd) = self.ebpf.program(name).and_then(|p| p.fd().ok()) {
                 let raw = fd.as_fd().as_raw_fd();
                 if let Ok(text) = std::fs::read_to_string(format!("/proc/self/fdinfo/{raw}")) {
                     for line in text.lines() {
                         let mut it = line.split(':');
-                        let (Some(k), Some(v)) = (it.next(), it.next()) else { continue };
+                        let (Some(k), Some(v)) = (it.next(), it.next()) else {
+                            continue;
+                        };
                         let v: u64 = v.trim().parse().unwrap_or(0);
                         match k {
                             "run_time_ns" => st.run_time_ns = v,

@@ -74,7 +74,11 @@ fn conn_json(out: &mut String, c: &ConnInfo) {
         Some(ip) => json_str(out, &ip.to_string()),
         None => out.push_str("null"),
     }
-    let _ = write!(out, ",\"peer_port\":{},\"local_port\":{}", c.peer_port, c.local_port);
+    let _ = write!(
+        out,
+        ",\"peer_port\":{},\"local_port\":{}",
+        c.peer_port, c.local_port
+    );
 }
 
 struct Printer {
@@ -127,7 +131,11 @@ impl Printer {
                     out.push(',');
                 }
                 first = false;
-                let name = if i < FIELD_NAMES.len() { FIELD_NAMES[i].to_string() } else { format!("extra{}", i - FIELD_NAMES.len()) };
+                let name = if i < FIELD_NAMES.len() {
+                    FIELD_NAMES[i].to_string()
+                } else {
+                    format!("extra{}", i - FIELD_NAMES.len())
+                };
                 json_str(out, &name);
                 out.push(':');
                 json_str(out, &v);
@@ -203,7 +211,11 @@ impl Printer {
 
     fn exchange(&self, e: &Exchange) -> String {
         let mut out = String::with_capacity(1024);
-        let _ = write!(out, "{{\"conn_id\":\"{:016x}\",\"seq\":{}", e.conn_id, e.seq);
+        let _ = write!(
+            out,
+            "{{\"conn_id\":\"{:016x}\",\"seq\":{}",
+            e.conn_id, e.seq
+        );
         if let (Some(q), Some(s)) = (&e.request, &e.response) {
             let _ = write!(
                 out,
@@ -231,7 +243,11 @@ impl Printer {
     fn raw(&self, r: &Record) -> String {
         let mut out = String::with_capacity(1024);
         let h = r.header();
-        let _ = write!(out, "{{\"kind\":{},\"conn_id\":\"{:016x}\",\"seq\":{},\"fd\":{},", h.kind, h.conn_id, h.seq, h.fd);
+        let _ = write!(
+            out,
+            "{{\"kind\":{},\"conn_id\":\"{:016x}\",\"seq\":{},\"fd\":{},",
+            h.kind, h.conn_id, h.seq, h.fd
+        );
         match r {
             Record::Request(q) => self.request(&mut out, q),
             Record::Response(s) => self.response(&mut out, s),
@@ -243,8 +259,14 @@ impl Printer {
 }
 
 fn mono_to_wall_offset() -> i128 {
-    let mut mono = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    let mut real = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut mono = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    let mut real = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     unsafe {
         libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut mono);
         libc::clock_gettime(libc::CLOCK_REALTIME, &mut real);
@@ -280,20 +302,37 @@ fn main() {
     let mut cfg = Config::for_pid(0);
     let mut known: Vec<(String, String)> = Vec::new();
     while let Some(a) = args.next() {
-        let mut val = || args.next().unwrap_or_else(|| die(&format!("{a} needs a value")));
+        let mut val = || {
+            args.next()
+                .unwrap_or_else(|| die(&format!("{a} needs a value")))
+        };
         match a.as_str() {
             "--pid" => pid = val().parse().unwrap_or_else(|_| die("bad --pid")),
-            "--duration" => duration = Some(Duration::from_secs_f64(val().parse().unwrap_or_else(|_| die("bad --duration")))),
+            "--duration" => {
+                duration = Some(Duration::from_secs_f64(
+                    val().parse().unwrap_or_else(|_| die("bad --duration")),
+                ))
+            }
             "--header" => cfg.extra_headers.push(val()),
-            "--key" => cfg.fingerprint_key = parse_hex_key(&val()).unwrap_or_else(|| die("--key wants 32 hex digits")),
+            "--key" => {
+                cfg.fingerprint_key =
+                    parse_hex_key(&val()).unwrap_or_else(|| die("--key wants 32 hex digits"))
+            }
             "--known-key" => {
                 let v = val();
-                let (id, tok) = v.split_once('=').unwrap_or_else(|| die("--known-key wants ID=TOKEN"));
+                let (id, tok) = v
+                    .split_once('=')
+                    .unwrap_or_else(|| die("--known-key wants ID=TOKEN"));
                 known.push((id.to_string(), tok.to_string()));
             }
-            "--object" => cfg.object = Some(std::fs::read(val()).unwrap_or_else(|e| die(&format!("--object: {e}")))),
+            "--object" => {
+                cfg.object =
+                    Some(std::fs::read(val()).unwrap_or_else(|e| die(&format!("--object: {e}"))))
+            }
             "--raw" => raw = true,
-            "--wakeup-bytes" => cfg.wakeup_bytes = Some(val().parse().unwrap_or_else(|_| die("bad --wakeup-bytes"))),
+            "--wakeup-bytes" => {
+                cfg.wakeup_bytes = Some(val().parse().unwrap_or_else(|_| die("bad --wakeup-bytes")))
+            }
             "--quiet" => quiet = true,
             "--no-read-write" => cfg.plain_read_write = false,
             "--prog-stats" => prog_stats = true,
@@ -309,9 +348,14 @@ fn main() {
     }
     cfg.tgid = pid;
     let (k0, k1) = key_from_bytes(&cfg.fingerprint_key);
-    let key_ids: HashMap<u64, String> =
-        known.into_iter().map(|(id, tok)| (fingerprint(k0, k1, tok.as_bytes()), id)).collect();
-    let printer = Printer { key_ids, boot_offset_ns: mono_to_wall_offset() };
+    let key_ids: HashMap<u64, String> = known
+        .into_iter()
+        .map(|(id, tok)| (fingerprint(k0, k1, tok.as_bytes()), id))
+        .collect();
+    let printer = Printer {
+        key_ids,
+        boot_offset_ns: mono_to_wall_offset(),
+    };
 
     let _stats_fd = if prog_stats {
         Some(Capture::enable_run_stats().unwrap_or_else(|e| die(&e.to_string())))
@@ -340,8 +384,13 @@ fn main() {
     use std::io::Write;
     let stdout = std::io::stdout();
     loop {
-        let stopping = STOP.load(std::sync::atomic::Ordering::SeqCst) || duration.is_some_and(|d| start.elapsed() >= d);
-        let mut pfd = libc::pollfd { fd: cap.ring_fd(), events: libc::POLLIN, revents: 0 };
+        let stopping = STOP.load(std::sync::atomic::Ordering::SeqCst)
+            || duration.is_some_and(|d| start.elapsed() >= d);
+        let mut pfd = libc::pollfd {
+            fd: cap.ring_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
         unsafe { libc::poll(&mut pfd, 1, 100) };
         cap.poll(|rec| {
             if raw {
@@ -388,7 +437,11 @@ fn main() {
 
 fn print_prog_stats(cap: &Capture) {
     for p in cap.program_stats() {
-        let avg = if p.run_count > 0 { p.run_time_ns as f64 / p.run_count as f64 } else { 0.0 };
+        let avg = if p.run_count > 0 {
+            p.run_time_ns as f64 / p.run_count as f64
+        } else {
+            0.0
+        };
         eprintln!(
             "{{\"event\":\"program\",\"name\":\"{}\",\"verify_ms\":{:.1},\"verified_insns\":{},\"run_count\":{},\"run_time_ns\":{},\"avg_ns\":{:.0}}}",
             p.name,
