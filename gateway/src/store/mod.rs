@@ -25,6 +25,11 @@ pub enum StoreError {
     },
     #[error("store query failed")]
     Query(#[from] rusqlite::Error),
+    #[error("cannot read log block {block}")]
+    Block {
+        block: i64,
+        source: logs::block::BlockError,
+    },
     #[error("no key with id or name `{0}`")]
     NoSuchKey(String),
     #[error("a key named `{0}` already exists")]
