@@ -263,17 +263,26 @@ impl LogStore {
         let following = query.after_id.is_some();
         let limit = query.limit.unwrap_or(if following { 10_000 } else { 50 }) as usize;
         let order = if following { "ASC" } else { "DESC" };
-        let sql = format!("SELECT id, data FROM log_blocks {filter} ORDER BY id {order}");
+        // Block ids first, data one block at a time: if SQLite sorts the
+        // matching blocks (e.g. found through an index), it sorts ids only,
+        // and blocks past the limit are never read.
+        let sql = format!("SELECT id FROM log_blocks {filter} ORDER BY id {order}");
         let mut statement = self.conn.prepare(&sql)?;
-        let mut rows = statement.query(params_from_iter(values.iter()))?;
+        let mut ids = statement.query(params_from_iter(values.iter()))?;
+        let mut read_block = self
+            .conn
+            .prepare_cached("SELECT data FROM log_blocks WHERE id = ?1")?;
         let mut found = Vec::new();
         while found.len() < limit {
-            let Some(row) = rows.next()? else { break };
+            let Some(row) = ids.next()? else { break };
             let first_id: i64 = row.get(0)?;
-            let data = row.get_ref(1)?.as_blob().map_err(|e| {
-                rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Blob, e.into())
-            })?;
-            let calls = block::decode(data, first_id).map_err(|source| StoreError::Block {
+            let Some(data) = read_block
+                .query_row([first_id], |row| row.get::<_, Vec<u8>>(0))
+                .optional()?
+            else {
+                continue; // trimmed meanwhile
+            };
+            let calls = block::decode(&data, first_id).map_err(|source| StoreError::Block {
                 block: first_id,
                 source,
             })?;
