@@ -319,16 +319,7 @@ impl LogStore {
     /// How many stored calls have each term (`status:200`, `class:5`,
     /// `capture:ebpf`, `partial`, `model:…`, `key:…`), by term.
     pub fn term_counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
-        let mut statement = self
-            .conn
-            .prepare("SELECT term, SUM(calls) FROM log_terms GROUP BY term ORDER BY term")?;
-        let rows = statement.query_map([], |row| {
-            Ok((
-                row.get::<_, String>(0)?,
-                u64::try_from(row.get::<_, i64>(1)?).unwrap_or(0),
-            ))
-        })?;
-        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        self.named_counts("SELECT term, SUM(calls) FROM log_terms GROUP BY term ORDER BY term")
     }
 
     /// Deletes the blocks whose calls all started more than `retention`
@@ -389,9 +380,12 @@ impl LogStore {
     }
 
     pub fn counters(&self) -> Result<Vec<(String, u64)>, StoreError> {
-        let mut statement = self
-            .conn
-            .prepare("SELECT name, value FROM counters ORDER BY name")?;
+        self.named_counts("SELECT name, value FROM counters ORDER BY name")
+    }
+
+    /// Rows of (text, count) from `sql`.
+    fn named_counts(&self, sql: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut statement = self.conn.prepare(sql)?;
         let rows = statement.query_map([], |row| {
             Ok((
                 row.get::<_, String>(0)?,
