@@ -327,7 +327,8 @@ impl LogStore {
     /// `max_bytes`. Returns how many calls were deleted.
     pub fn trim(&mut self, retention: Duration, max_bytes: u64) -> Result<u64, StoreError> {
         let cutoff = crate::time::unix_nanos(SystemTime::now() - retention);
-        let mut deleted = self.delete_blocks("last_ns < ?1", cutoff)?;
+        let mut deleted = self.trim_legacy_calls(cutoff, max_bytes)?;
+        deleted += self.delete_blocks("last_ns < ?1", cutoff)?;
         for _ in 0..32 {
             if self.used_bytes()? <= max_bytes {
                 break;
@@ -342,6 +343,31 @@ impl LogStore {
                 "id IN (SELECT id FROM log_blocks ORDER BY id ASC LIMIT ?1)",
                 (blocks / 10).max(1),
             )?;
+        }
+        Ok(deleted)
+    }
+
+    /// Applies retention to the `calls` table an earlier apx wrote (a row
+    /// per call): its rows age out like blocks do, and since they are older
+    /// than every block, the whole table goes first when space is short.
+    fn trim_legacy_calls(&mut self, cutoff: i64, max_bytes: u64) -> Result<u64, StoreError> {
+        let exists: bool = self.conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'calls')",
+            [],
+            |row| row.get(0),
+        )?;
+        if !exists {
+            return Ok(0);
+        }
+        let mut deleted =
+            self.conn
+                .execute("DELETE FROM calls WHERE time_ns < ?1", [cutoff])? as u64;
+        let left: i64 = self
+            .conn
+            .query_row("SELECT COUNT(*) FROM calls", [], |row| row.get(0))?;
+        if left == 0 || self.used_bytes()? > max_bytes {
+            deleted += u64::try_from(left).unwrap_or(0);
+            self.conn.execute_batch("DROP TABLE calls")?;
         }
         Ok(deleted)
     }
@@ -624,6 +650,42 @@ mod tests {
         assert_eq!(terms, 0);
         store.insert(&[record(1, 200, "a")], &[]).unwrap();
         assert_eq!(store.query(&LogQuery::default()).unwrap()[0].id, 1302);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn calls_of_an_earlier_apx_age_out() {
+        let dir = std::env::temp_dir().join(format!("apx-logs-legacy-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("logs.db");
+        {
+            let conn = open_sqlite(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE calls (id INTEGER PRIMARY KEY, time_ns INTEGER NOT NULL);
+                 INSERT INTO calls (time_ns) VALUES (1), (2);",
+            )
+            .unwrap();
+            let now = crate::time::unix_nanos(SystemTime::now());
+            conn.execute("INSERT INTO calls (time_ns) VALUES (?1)", [now])
+                .unwrap();
+        }
+        let mut store = LogStore::open(&path).unwrap();
+        store.insert(&[record(0, 200, "a")], &[]).unwrap();
+        // Two rows are past retention; the recent one stays.
+        assert_eq!(store.trim(Duration::from_secs(60), u64::MAX).unwrap(), 2);
+        assert_eq!(store.count().unwrap(), 1);
+        // Short of space: the old table goes before any block.
+        let limit = store.used_bytes().unwrap() - 1;
+        assert!(store.trim(Duration::from_secs(60), limit).unwrap() >= 1);
+        let legacy: i64 = store
+            .conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE name = 'calls'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(legacy, 0);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
