@@ -13,6 +13,9 @@ pub enum Record {
     Request(Box<RequestRecord>),
     Response(ResponseRecord),
     Close(CloseRecord),
+    /// A request and its response in one record (`KIND_EXCHANGE`); the
+    /// response's header says `KIND_RESPONSE` once decoded.
+    Exchange(Box<RequestRecord>, ResponseRecord),
 }
 
 fn read_as<T: Copy>(bytes: &[u8]) -> Option<T> {
@@ -24,22 +27,25 @@ fn read_as<T: Copy>(bytes: &[u8]) -> Option<T> {
     Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr() as *const T) })
 }
 
-/// Copies a record straight from the ring-buffer bytes into its heap box
-/// (no detour through the stack: a request record is 2.3 KB).
-fn boxed_as<T: Copy>(bytes: &[u8]) -> Option<Box<T>> {
-    if bytes.len() < core::mem::size_of::<T>() {
+/// Copies a request record straight from the ring-buffer bytes into its
+/// heap box (no detour through the stack: the struct is 2.3 KB). The kernel
+/// sends only the slots up to the last one in use (`request_record_len`):
+/// the rest of the box is zeroed, as those slots were in the kernel.
+fn boxed_request(bytes: &[u8]) -> Option<Box<RequestRecord>> {
+    const SIZE: usize = core::mem::size_of::<RequestRecord>();
+    if bytes.len() < REQUEST_FIXED_LEN {
         return None;
     }
-    let mut boxed = Box::<T>::new_uninit();
-    // SAFETY: length checked; the destination is a fresh allocation for one
-    // T; T is a plain-old-data repr(C) struct of integers and byte arrays,
-    // valid for any bit pattern, so every byte written makes it initialised.
+    let len = bytes.len().min(SIZE);
+    let mut boxed = Box::<RequestRecord>::new_uninit();
+    // SAFETY: the destination is a fresh allocation of SIZE bytes; `len` ≤
+    // SIZE bytes are copied in and the remaining SIZE − len are zeroed, so
+    // every byte is written; RequestRecord is a plain-old-data repr(C)
+    // struct of integers and byte arrays, valid for any bit pattern.
     unsafe {
-        core::ptr::copy_nonoverlapping(
-            bytes.as_ptr(),
-            boxed.as_mut_ptr() as *mut u8,
-            core::mem::size_of::<T>(),
-        );
+        let dst = boxed.as_mut_ptr() as *mut u8;
+        core::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, len);
+        core::ptr::write_bytes(dst.add(len), 0, SIZE - len);
         Some(boxed.assume_init())
     }
 }
@@ -52,18 +58,27 @@ impl Record {
             return None;
         }
         match hdr.kind {
-            KIND_REQUEST => Some(Record::Request(boxed_as(bytes)?)),
+            KIND_REQUEST => Some(Record::Request(boxed_request(bytes)?)),
             KIND_RESPONSE => Some(Record::Response(read_as(bytes)?)),
             KIND_CLOSE => Some(Record::Close(read_as(bytes)?)),
+            KIND_EXCHANGE => {
+                let mut response: ResponseRecord = read_as(bytes)?;
+                response.hdr.kind = KIND_RESPONSE;
+                let request = bytes.get(core::mem::size_of::<ResponseRecord>()..)?;
+                Some(Record::Exchange(boxed_request(request)?, response))
+            }
             _ => None,
         }
     }
 
+    /// The record's header; for an exchange, its response's (same
+    /// connection and `seq` as its request).
     pub fn header(&self) -> &RecordHeader {
         match self {
             Record::Request(r) => &r.hdr,
             Record::Response(r) => &r.hdr,
             Record::Close(r) => &r.hdr,
+            Record::Exchange(_, r) => &r.hdr,
         }
     }
 }
@@ -200,6 +215,23 @@ impl Joiner {
                 e.response = Some(r);
                 self.take_if_done(key)
             }
+            Record::Exchange(q, r) => {
+                // Normally nothing waits under this key: the kernel sends a
+                // request alone only when it will not send it in an exchange.
+                if self.pending.contains_key(&key) {
+                    let e = self.entry(key);
+                    e.request = Some(q);
+                    e.response = Some(r);
+                    return self.take_if_done(key);
+                }
+                vec![Exchange {
+                    conn_id: key.0,
+                    seq: key.1,
+                    request: Some(q),
+                    response: Some(r),
+                    close: None,
+                }]
+            }
             Record::Close(c) => {
                 let mut keys: Vec<_> = self
                     .pending
@@ -296,6 +328,85 @@ mod tests {
         r.hdr.conn_id = conn_id;
         r.hdr.seq = seq;
         Record::Response(r)
+    }
+
+    /// Ring-buffer bytes of an exchange record whose request uses capture
+    /// slots up to `last_slot` (the kernel's cut).
+    fn exchange_bytes(conn_id: u64, seq: u32, last_slot: usize) -> Vec<u8> {
+        let mut q: RequestRecord = unsafe { core::mem::zeroed() };
+        q.hdr.kind = KIND_REQUEST;
+        q.hdr.version = LAYOUT_VERSION;
+        q.hdr.conn_id = conn_id;
+        q.hdr.seq = seq;
+        q.method[..4].copy_from_slice(b"POST");
+        q.method_len = 4;
+        q.creds[0].count = 1;
+        q.creds[0].fp = 0x1234;
+        q.fields[last_slot].count = 1;
+        q.fields[last_slot].len = 3;
+        q.fields[last_slot].value[..3].copy_from_slice(b"abc");
+        let mut r: ResponseRecord = unsafe { core::mem::zeroed() };
+        r.hdr.kind = KIND_EXCHANGE;
+        r.hdr.version = LAYOUT_VERSION;
+        r.hdr.conn_id = conn_id;
+        r.hdr.seq = seq;
+        r.status = 200;
+        let mut out = Vec::new();
+        // SAFETY: both are plain-old-data repr(C) structs, read as bytes.
+        unsafe {
+            out.extend_from_slice(core::slice::from_raw_parts(
+                &r as *const ResponseRecord as *const u8,
+                core::mem::size_of::<ResponseRecord>(),
+            ));
+            out.extend_from_slice(
+                &core::slice::from_raw_parts(
+                    &q as *const RequestRecord as *const u8,
+                    core::mem::size_of::<RequestRecord>(),
+                )[..request_record_len(&q)],
+            );
+        }
+        out
+    }
+
+    #[test]
+    fn exchange_records_decode_cut_and_join_at_once() {
+        for last_slot in [0, 3, FIELD_SLOTS - 1] {
+            let bytes = exchange_bytes(7, 2, last_slot);
+            assert_eq!(
+                bytes.len(),
+                core::mem::size_of::<ResponseRecord>()
+                    + REQUEST_FIXED_LEN
+                    + (last_slot + 1) * core::mem::size_of::<Field>()
+            );
+            let rec = Record::parse(&bytes).expect("decodes");
+            assert_eq!(rec.header().kind, KIND_RESPONSE);
+            let mut joiner = Joiner::new();
+            let out = joiner.push(rec);
+            assert_eq!(joiner.pending(), 0);
+            assert_eq!(out.len(), 1);
+            let (q, r) = (out[0].request.as_ref().unwrap(), out[0].response.unwrap());
+            assert_eq!((out[0].conn_id, out[0].seq, r.status), (7, 2, 200));
+            assert_eq!(q.method(), "POST");
+            assert_eq!(q.creds[0].fp, 0x1234);
+            assert_eq!(q.field(last_slot).as_deref(), Some("abc"));
+            for other in (0..FIELD_SLOTS).filter(|&i| i != last_slot) {
+                assert_eq!(q.field(other), None);
+            }
+        }
+        // Shorter than the request's fixed part: not a record.
+        let bytes = exchange_bytes(7, 2, 0);
+        let short = core::mem::size_of::<ResponseRecord>() + REQUEST_FIXED_LEN - 1;
+        assert!(Record::parse(&bytes[..short]).is_none());
+        // A request record alone, cut the same way, joins its response.
+        let request = &bytes[core::mem::size_of::<ResponseRecord>()..];
+        let mut joiner = Joiner::new();
+        assert!(joiner.push(Record::parse(request).unwrap()).is_empty());
+        let out = joiner.push(response(7, 2));
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            out[0].request.as_ref().unwrap().field(0).as_deref(),
+            Some("abc")
+        );
     }
 
     #[test]

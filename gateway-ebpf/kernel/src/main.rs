@@ -551,15 +551,37 @@ static WAKEUP_BYTES: Global<u64> = Global::new(65536);
 /// Send a record; count it as dropped if the ring buffer is full.
 #[inline(always)]
 pub(crate) fn emit<T>(rec: &T) {
+    counted(EVENTS.output::<T>(rec, wakeup_flags()).is_ok());
+}
+
+/// Send the first `len` bytes at `p` (map memory holding at least `max`
+/// bytes there) as one record: records whose tail is unused (a request's
+/// capture slots after the last one in use) are sent without it.
+/// `bpf_ringbuf_output` takes a bounded variable size; the clamp gives the
+/// verifier the bound.
+#[inline(always)]
+pub(crate) fn emit_bytes(p: *const u8, len: usize, max: usize) {
+    let len = if len > max { max } else { len };
+    let bytes = unsafe { core::slice::from_raw_parts(p, len) };
+    counted(EVENTS.output::<[u8]>(bytes, wakeup_flags()).is_ok());
+}
+
+/// Wake the reader only when `WAKEUP_BYTES` are pending.
+#[inline(always)]
+fn wakeup_flags() -> u64 {
     const BPF_RB_NO_WAKEUP: u64 = 1;
     const BPF_RB_FORCE_WAKEUP: u64 = 2;
     const BPF_RB_AVAIL_DATA: u64 = 0;
-    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES.load() {
+    if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES.load() {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
-    };
-    if EVENTS.output::<T>(rec, flags).is_ok() {
+    }
+}
+
+#[inline(always)]
+fn counted(sent: bool) {
+    if sent {
         stat_add(stats::RECORDS, 1);
     } else {
         stat_add(stats::RINGBUF_DROPS, 1);

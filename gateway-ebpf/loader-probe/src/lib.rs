@@ -4,7 +4,7 @@
 //! ```no_run
 //! use apx_capture::{Capture, Config};
 //! let mut cap = Capture::start(&Config::for_pid(std::process::id())).unwrap();
-//! cap.poll(|rec| { /* Record::Request / Response / Close */ let _ = rec; });
+//! cap.poll(|rec| { /* Record::Exchange / Request / Response / Close */ let _ = rec; });
 //! let s = cap.stats().unwrap(); // s.ringbuf_drops: records the kernel could not deliver
 //! ```
 //!

@@ -252,6 +252,11 @@ impl Printer {
             Record::Request(q) => self.request(&mut out, q),
             Record::Response(s) => self.response(&mut out, s),
             Record::Close(c) => self.close(&mut out, c),
+            Record::Exchange(q, s) => {
+                self.request(&mut out, q);
+                out.push(',');
+                self.response(&mut out, s);
+            }
         }
         out.push('}');
         out
