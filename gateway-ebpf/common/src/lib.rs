@@ -629,6 +629,13 @@ const _: () = assert!(core::mem::size_of::<CloseRecord>() == 32 + 32 + 32);
 const _: () =
     assert!(REQUEST_FIXED_LEN + 128 * FIELD_SLOTS == core::mem::size_of::<RequestRecord>());
 
+/// Shared test vector: the key loader-probe uses in its self test.
+pub const TEST_KEY: [u8; 16] = *b"apx-fp-test-key!";
+/// Shared test vector: a token.
+pub const TEST_TOKEN: &[u8] = b"sk-apx-test-0123456789abcdef";
+/// Shared test vector: `fingerprint(key_from_bytes(TEST_KEY), TEST_TOKEN)`.
+pub const TEST_FP: u64 = 0x75cf_a234_b784_27ba;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -829,10 +836,3 @@ mod tests {
         assert_eq!(FIELD_HASHES[SLOT_CONTENT_LENGTH], HASH_CONTENT_LENGTH);
     }
 }
-
-/// Shared test vector: the key loader-probe uses in its self test.
-pub const TEST_KEY: [u8; 16] = *b"apx-fp-test-key!";
-/// Shared test vector: a token.
-pub const TEST_TOKEN: &[u8] = b"sk-apx-test-0123456789abcdef";
-/// Shared test vector: `fingerprint(key_from_bytes(TEST_KEY), TEST_TOKEN)`.
-pub const TEST_FP: u64 = 0x75cf_a234_b784_27ba;

@@ -186,7 +186,9 @@ fn arg<T>(ctx: &TracePointContext, off: usize) -> Option<T> {
 #[inline(always)]
 fn stash(ctx: &TracePointContext, kind: u32) {
     let Some(id) = ours() else { return };
-    let Some(fd) = arg::<u64>(ctx, ARG0) else { return };
+    let Some(fd) = arg::<u64>(ctx, ARG0) else {
+        return;
+    };
     let fd = fd as u32;
     if kind == K_ACCEPT {
         if REQUIRE_LISTENER.load() != 0 && unsafe { LISTENERS.get(&fd) }.is_none() {
@@ -223,7 +225,15 @@ fn args_from_regs() -> Option<(Args, *mut Conn)> {
         let c = CONNS.get_ptr_mut(&fd)?;
         let ptr = reg(regs, REGS_ARG1.load());
         let cnt = reg(regs, REGS_ARG2.load());
-        Some((Args { fd, kind: 0, ptr, cnt }, c))
+        Some((
+            Args {
+                fd,
+                kind: 0,
+                ptr,
+                cnt,
+            },
+            c,
+        ))
     }
 }
 
@@ -272,7 +282,9 @@ fn on_accept_exit(ctx: &TracePointContext) {
     if a.kind != K_ACCEPT {
         return;
     }
-    let Some(ret) = arg::<i64>(ctx, RET) else { return };
+    let Some(ret) = arg::<i64>(ctx, RET) else {
+        return;
+    };
     if ret < 0 {
         return;
     }
@@ -282,7 +294,9 @@ fn on_accept_exit(ctx: &TracePointContext) {
         stat_add(stats::CONN_MAP_FULL, 1);
         return;
     }
-    let Some(c) = CONNS.get_ptr_mut(&fd) else { return };
+    let Some(c) = CONNS.get_ptr_mut(&fd) else {
+        return;
+    };
     set_tracked(fd, true);
     let now = unsafe { bpf_ktime_get_ns() };
     let c = unsafe { &mut *c };
@@ -432,10 +446,14 @@ fn on_io_exit<const RESP: bool, const VEC: bool>(ctx: &TracePointContext) {
         if a.kind != want {
             return;
         }
-        let Some(c) = CONNS.get_ptr_mut(&a.fd) else { return };
+        let Some(c) = CONNS.get_ptr_mut(&a.fd) else {
+            return;
+        };
         (a, c)
     };
-    let Some(ret) = arg::<i64>(ctx, RET) else { return };
+    let Some(ret) = arg::<i64>(ctx, RET) else {
+        return;
+    };
     if ret <= 0 {
         if !RESP {
             let cc = unsafe { &mut *c };
@@ -447,7 +465,9 @@ fn on_io_exit<const RESP: bool, const VEC: bool>(ctx: &TracePointContext) {
         }
         return;
     }
-    let Some(s) = SCRATCH.get_ptr_mut(0) else { return };
+    let Some(s) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
     let now = unsafe { bpf_ktime_get_ns() };
     unsafe {
         let sc = &mut *s;
@@ -477,7 +497,10 @@ fn on_io_exit<const RESP: bool, const VEC: bool>(ctx: &TracePointContext) {
         } else {
             cc.bytes_in += ret as u64;
         }
-        let mut lc = parse::LoopCtx { conn: c, scratch: s };
+        let mut lc = parse::LoopCtx {
+            conn: c,
+            scratch: s,
+        };
         let cb: *mut c_void = if RESP {
             parse::resp_cb as *mut c_void
         } else {
@@ -504,9 +527,13 @@ fn on_io_exit<const RESP: bool, const VEC: bool>(ctx: &TracePointContext) {
 #[tracepoint]
 pub fn enter_close(ctx: TracePointContext) -> u32 {
     let Some(_) = ours() else { return 0 };
-    let Some(fd) = arg::<u64>(&ctx, ARG0) else { return 0 };
+    let Some(fd) = arg::<u64>(&ctx, ARG0) else {
+        return 0;
+    };
     let fd = fd as u32;
-    let Some(c) = CONNS.get_ptr_mut(&fd) else { return 0 };
+    let Some(c) = CONNS.get_ptr_mut(&fd) else {
+        return 0;
+    };
     let now = unsafe { bpf_ktime_get_ns() };
     unsafe { parse::on_close(&mut *c, now) };
     let _ = CONNS.remove(&fd);
@@ -517,7 +544,9 @@ pub fn enter_close(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn exit_socket(ctx: TracePointContext) -> u32 {
     let Some(_) = ours() else { return 0 };
-    let Some(ret) = arg::<i64>(&ctx, RET) else { return 0 };
+    let Some(ret) = arg::<i64>(&ctx, RET) else {
+        return 0;
+    };
     if ret >= 0 {
         let _ = CONNS.remove(&(ret as u32));
         set_tracked(ret as u32, false);
@@ -590,7 +619,12 @@ fn counted(sent: bool) {
 
 #[inline(always)]
 pub(crate) fn extra_hashes() -> [u64; 4] {
-    [EXTRA_H0.load(), EXTRA_H1.load(), EXTRA_H2.load(), EXTRA_H3.load()]
+    [
+        EXTRA_H0.load(),
+        EXTRA_H1.load(),
+        EXTRA_H2.load(),
+        EXTRA_H3.load(),
+    ]
 }
 
 #[inline(always)]

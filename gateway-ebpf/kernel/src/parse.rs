@@ -12,7 +12,7 @@ use core::mem::{offset_of, size_of};
 
 use apx_capture_common::*;
 
-use crate::{emit, emit_bytes, zero, extra_hashes, fp_key, read_user};
+use crate::{emit, emit_bytes, extra_hashes, fp_key, read_user, zero};
 
 /// Window of user bytes copied at a time.
 pub const WIN: usize = 512;
@@ -115,7 +115,8 @@ pub struct Conn {
     pub req: RequestRecord,
 }
 
-const _: () = assert!(offset_of!(Conn, req) == offset_of!(Conn, resp) + size_of::<ResponseRecord>());
+const _: () =
+    assert!(offset_of!(Conn, req) == offset_of!(Conn, resp) + size_of::<ResponseRecord>());
 
 pub struct LoopCtx {
     pub conn: *mut Conn,
@@ -189,7 +190,20 @@ fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric()
         || matches!(
             b,
-            b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~'
+            b'!' | b'#'
+                | b'$'
+                | b'%'
+                | b'&'
+                | b'\''
+                | b'*'
+                | b'+'
+                | b'-'
+                | b'.'
+                | b'^'
+                | b'_'
+                | b'`'
+                | b'|'
+                | b'~'
         )
 }
 
@@ -225,9 +239,17 @@ unsafe fn step<const RESP: bool>(ctx: *mut c_void) -> i64 {
         }
         if s.iov_idx < s.iov_first || s.iov_idx >= s.iov_first + s.iov_n {
             let left = s.iov_cnt - s.iov_idx;
-            let n = if left < IOV_BATCH as u64 { left } else { IOV_BATCH as u64 };
+            let n = if left < IOV_BATCH as u64 {
+                left
+            } else {
+                IOV_BATCH as u64
+            };
             let bytes = ((n * 16 - 1) & (IOV_BATCH as u64 * 16 - 1)) + 1;
-            if !read_user(s.iov.as_mut_ptr() as *mut u8, bytes as u32, s.iov_ptr + s.iov_idx * 16) {
+            if !read_user(
+                s.iov.as_mut_ptr() as *mut u8,
+                bytes as u32,
+                s.iov_ptr + s.iov_idx * 16,
+            ) {
                 return 1;
             }
             s.iov_first = s.iov_idx;
@@ -237,7 +259,11 @@ unsafe fn step<const RESP: bool>(ctx: *mut c_void) -> i64 {
         let base = *s.iov.as_ptr().add(2 * k);
         let len = *s.iov.as_ptr().add(2 * k + 1);
         s.iov_idx += 1;
-        let n = if len < s.total_left { len } else { s.total_left };
+        let n = if len < s.total_left {
+            len
+        } else {
+            s.total_left
+        };
         s.total_left -= n;
         s.cur_ptr = base;
         s.cur_len = n;
@@ -252,7 +278,11 @@ unsafe fn step<const RESP: bool>(ctx: *mut c_void) -> i64 {
     // Arithmetic skips: no per-byte work.
     if st == ST_BODY_CL || st == ST_CHUNK_DATA {
         let avail = s.cur_len - s.pos;
-        let k = if d.remaining < avail { d.remaining } else { avail };
+        let k = if d.remaining < avail {
+            d.remaining
+        } else {
+            avail
+        };
         s.pos += k;
         d.remaining -= k;
         add_bytes::<RESP>(c, k);
@@ -293,7 +323,9 @@ unsafe fn step<const RESP: bool>(ctx: *mut c_void) -> i64 {
     // whole `HTTP/1.x`) in one step; the byte that ends the run goes to the
     // byte path. Lanes are found with the word-at-a-time classes of common
     // (exact, unit-tested against byte checks).
-    if idx <= WIN - 8 && (st == ST_HSTART || st == ST_HNAME || st == ST_HOWS || st == ST_HVAL || st <= ST_L1C) {
+    if idx <= WIN - 8
+        && (st == ST_HSTART || st == ST_HNAME || st == ST_HOWS || st == ST_HVAL || st <= ST_L1C)
+    {
         let avail = s.win_start + s.win_len - s.pos;
         let valid = first_lanes(avail);
         let n = if avail < 8 { avail } else { 8 };
@@ -416,7 +448,11 @@ unsafe fn begin<const RESP: bool>(c: &mut Conn, now: u64) {
     if RESP {
         let d = &mut c.rs;
         if d.open == 0 {
-            zero_words(&mut c.resp as *mut _ as *mut u64, 0, size_of::<ResponseRecord>() / 8);
+            zero_words(
+                &mut c.resp as *mut _ as *mut u64,
+                0,
+                size_of::<ResponseRecord>() / 8,
+            );
             c.resp.ts_first_ns = now;
             c.resp.content_length = u64::MAX;
             d.open = 1;
@@ -500,7 +536,10 @@ const _: () = assert!(offset_of!(RequestRecord, fields) % 8 == 0);
 const _: () = assert!(offset_of!(RequestRecord, creds) % 8 == 0);
 const _: () = assert!(size_of::<Field>() % 8 == 0);
 const _: () = assert!(offset_of!(RequestRecord, creds) < offset_of!(RequestRecord, fields));
-const _: () = assert!(size_of::<RequestRecord>() == offset_of!(RequestRecord, fields) + size_of::<[Field; FIELD_SLOTS]>());
+const _: () = assert!(
+    size_of::<RequestRecord>()
+        == offset_of!(RequestRecord, fields) + size_of::<[Field; FIELD_SLOTS]>()
+);
 const _: () = assert!(size_of::<ResponseRecord>() % 8 == 0);
 
 #[inline(always)]
@@ -524,7 +563,9 @@ unsafe fn request_line(c: &mut Conn, st: u8, b: u8) {
                 d.st = ST_L1B;
                 d.tok = 0;
                 d.tail = 0;
-            } else if (b.is_ascii_uppercase() || b == b'-' || b == b'_') && (d.tok as usize) < METHOD_CAP {
+            } else if (b.is_ascii_uppercase() || b == b'-' || b == b'_')
+                && (d.tok as usize) < METHOD_CAP
+            {
                 let i = d.tok as usize;
                 if i < METHOD_CAP {
                     *c.req.method.get_unchecked_mut(i) = b;
@@ -647,10 +688,17 @@ unsafe fn word_step<const RESP: bool>(
         if i + 8 > METHOD_CAP {
             return 0;
         }
-        core::ptr::write_unaligned(c.req.method.as_mut_ptr().add(i) as *mut u64, keep_low(w, k).to_le());
+        core::ptr::write_unaligned(
+            c.req.method.as_mut_ptr().add(i) as *mut u64,
+            keep_low(w, k).to_le(),
+        );
         let low = lower8(keep_low(w, k)).swap_bytes() >> (64 - 8 * k);
         let d = &mut c.rq;
-        d.tail = if k >= 8 { low } else { (d.tail << (8 * k)) | low };
+        d.tail = if k >= 8 {
+            low
+        } else {
+            (d.tail << (8 * k)) | low
+        };
         d.tok += k as u32;
         d.st = ST_L1A;
         c.req.bytes += k;
@@ -668,7 +716,11 @@ unsafe fn word_step<const RESP: bool>(
             return 0;
         }
         let d = c_dir::<RESP>(c);
-        let h = if st == ST_HSTART { FNV_OFFSET } else { d.name_hash };
+        let h = if st == ST_HSTART {
+            FNV_OFFSET
+        } else {
+            d.name_hash
+        };
         let mut h = fnv_lanes(h, lower8(w), k);
         let mut total = k;
         if k == 8 && n2 > 0 {
@@ -990,7 +1042,11 @@ unsafe fn value_byte<const RESP: bool>(c: &mut Conn, b: u8) {
         return;
     }
     if slot < FIELD_SLOTS && i < VALUE_CAP {
-        *c.req.fields.get_unchecked_mut(slot).value.get_unchecked_mut(i) = b;
+        *c.req
+            .fields
+            .get_unchecked_mut(slot)
+            .value
+            .get_unchecked_mut(i) = b;
     }
     if cred == 0 {
         // Authorization: "<scheme> <token>" or a bare token.
@@ -1051,7 +1107,13 @@ unsafe fn value_run<const RESP: bool>(c: &mut Conn, w: u64, k: u64) -> bool {
     if slot < FIELD_SLOTS && i + 8 <= VALUE_CAP {
         // Lanes past `k` are written as zero, never as the bytes after the
         // value (CR, LF, the next header).
-        let v = c.req.fields.get_unchecked_mut(slot).value.as_mut_ptr().add(i);
+        let v = c
+            .req
+            .fields
+            .get_unchecked_mut(slot)
+            .value
+            .as_mut_ptr()
+            .add(i);
         core::ptr::write_unaligned(v as *mut u64, keep_low(w, k).to_le());
     }
     if cred == 0 {
@@ -1364,7 +1426,11 @@ unsafe fn send<const RESP: bool>(c: &mut Conn, now: u64, extra: u32) {
         }
         // One output call site for both cases: `send` is inlined at every
         // place a parse fails.
-        emit_bytes(&c.resp as *const ResponseRecord as *const u8, len, EXCHANGE_MAX);
+        emit_bytes(
+            &c.resp as *const ResponseRecord as *const u8,
+            len,
+            EXCHANGE_MAX,
+        );
     } else {
         c.req.hdr = hdr;
         if extra & F_PARTIAL == 0 {
@@ -1384,7 +1450,11 @@ const EXCHANGE_MAX: usize = size_of::<ResponseRecord>() + size_of::<RequestRecor
 #[inline(always)]
 unsafe fn emit_request(c: &mut Conn) {
     let len = request_len(c);
-    emit_bytes(&c.req as *const RequestRecord as *const u8, len, size_of::<RequestRecord>());
+    emit_bytes(
+        &c.req as *const RequestRecord as *const u8,
+        len,
+        size_of::<RequestRecord>(),
+    );
 }
 
 /// Bytes of the request record to send: up to its last capture slot in use.
@@ -1423,7 +1493,13 @@ unsafe fn flush_partial<const RESP: bool>(c: &mut Conn) {
     let d = &c.rq;
     let tok = d.tok;
     match d.st {
-        ST_L1A => c.req.method_len = if tok > METHOD_CAP as u32 { METHOD_CAP as u8 } else { tok as u8 },
+        ST_L1A => {
+            c.req.method_len = if tok > METHOD_CAP as u32 {
+                METHOD_CAP as u8
+            } else {
+                tok as u8
+            }
+        }
         ST_L1B => c.req.path_len = if tok > 0xffff { 0xffff } else { tok as u16 },
         ST_L1C => c.req.version_len = if tok > 8 { 8 } else { tok as u8 },
         ST_HOWS | ST_HVAL => finish_value(c),

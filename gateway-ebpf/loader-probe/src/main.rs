@@ -131,10 +131,9 @@ impl Printer {
                     out.push(',');
                 }
                 first = false;
-                let name = if i < FIELD_NAMES.len() {
-                    FIELD_NAMES[i].to_string()
-                } else {
-                    format!("extra{}", i - FIELD_NAMES.len())
+                let name = match FIELD_NAMES.get(i) {
+                    Some(name) => name.to_string(),
+                    None => format!("extra{}", i - FIELD_NAMES.len()),
                 };
                 json_str(out, &name);
                 out.push(':');
