@@ -80,6 +80,36 @@ fn start_call_status_keys_stop() {
     assert!(table.starts_with("TIME"), "{table}");
     assert_eq!(table.lines().count(), 2, "{table}");
     assert!(table.contains("/v1/messages"), "{table}");
+    // `--follow` prints the matching calls stored after it started, and
+    // only those.
+    let mut follow = home
+        .cmd(&["logs", "--follow", "--json", "--model", "claude-sonnet-4-5"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    let stdout = follow.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            if lines_tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    let wait = Duration::from_secs(10);
+    let old: Value = serde_json::from_str(&lines_rx.recv_timeout(wait).unwrap()).unwrap();
+    assert_ok(&home.run(&["call", "openai", "not followed"]), "call");
+    assert_ok(
+        &home.run(&["call", "--model", "claude-sonnet-4-5", "followed"]),
+        "call",
+    );
+    let new: Value = serde_json::from_str(&lines_rx.recv_timeout(wait).unwrap()).unwrap();
+    follow.kill().unwrap();
+    follow.wait().unwrap();
+    assert_eq!(new["gen_ai.request.model"], "claude-sonnet-4-5");
+    assert!(new["id"].as_i64() > old["id"].as_i64(), "{old} then {new}");
+    assert!(lines_rx.recv_timeout(Duration::from_millis(300)).is_err());
     let out = home.run_stdin(&["call", "openai"], "from stdin\n");
     assert_ok(&out, "call with the prompt on stdin");
     assert!(text(&out.stdout).contains("You said: from stdin"));

@@ -109,11 +109,12 @@ pub fn run(config_path: &Path, args: Args) -> anyhow::Result<()> {
         limit: Some(args.limit),
     };
     let mut out = std::io::stdout().lock();
+    let horizon = store.last_id()?;
     let records = store.query(&query)?;
     if !args.json {
         writeln!(out, "{}", ui::bold(&header_line()))?;
     }
-    let mut last_id = records.last().map_or(store.last_id()?, |r| r.id);
+    let mut last_id = follow_position(horizon, &records, false);
     print_records(&mut out, &records, args.json)?;
     if !args.follow {
         if records.is_empty() && !args.json {
@@ -121,18 +122,32 @@ pub fn run(config_path: &Path, args: Args) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    const FOLLOW_BATCH: u32 = 10_000;
     loop {
         std::thread::sleep(Duration::from_millis(250));
         let newer = LogQuery {
             after_id: Some(last_id),
-            limit: Some(10_000),
+            limit: Some(FOLLOW_BATCH),
             ..query.clone()
         };
+        let horizon = store.last_id()?;
         let records = store.query(&newer)?;
-        if let Some(last) = records.last() {
-            last_id = last.id;
-        }
+        let full = records.len() >= FOLLOW_BATCH as usize;
+        last_id = follow_position(horizon.max(last_id), &records, full);
         print_records(&mut out, &records, args.json)?;
+    }
+}
+
+/// Where the next `--follow` poll starts: past everything that was stored
+/// when the poll began (`horizon`, read before the query), so a filter
+/// that matched nothing recently does not make every poll rescan the store
+/// from the last match on. When the poll stopped at its limit, the calls
+/// after the last one shown are still to come.
+fn follow_position(horizon: i64, shown: &[CallRecord], stopped_at_limit: bool) -> i64 {
+    match shown.last() {
+        Some(last) if stopped_at_limit => last.id,
+        Some(last) => last.id.max(horizon),
+        None => horizon,
     }
 }
 
@@ -262,4 +277,29 @@ fn parse_when(text: &str, now: SystemTime) -> anyhow::Result<i64> {
         )
         .into()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shown(ids: &[i64]) -> Vec<CallRecord> {
+        ids.iter()
+            .map(|id| CallRecord {
+                id: *id,
+                ..CallRecord::default()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn follow_moves_past_calls_that_did_not_match() {
+        // Last match long ago, store at 5000: the next poll starts at 5000.
+        assert_eq!(follow_position(5000, &shown(&[10, 20]), false), 5000);
+        assert_eq!(follow_position(5000, &[], false), 5000);
+        // Calls stored between the horizon and the query are kept.
+        assert_eq!(follow_position(5000, &shown(&[5003]), false), 5003);
+        // A poll cut at its limit resumes right after what it showed.
+        assert_eq!(follow_position(9000, &shown(&[10, 20]), true), 20);
+    }
 }
