@@ -26,7 +26,6 @@
 //! ```
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::net::IpAddr;
 
 use crate::logging::record::{CallEntry, CallRecord, Capture, CredentialSeen};
@@ -136,10 +135,7 @@ impl Term<'_> {
     }
 }
 
-fn count_terms<'r>(
-    record: &'r CallEntry,
-    counts: &mut HashMap<Term<'r>, u64, BuildHasherDefault<Fnv>>,
-) {
+fn count_terms<'r>(record: &'r CallEntry, counts: &mut HashMap<Term<'r>, u64>) {
     let facts = &record.facts;
     let terms = [
         Some(Term::Capture(record.capture)),
@@ -155,35 +151,11 @@ fn count_terms<'r>(
     }
 }
 
-/// FNV-1a: the string table's keys are short and hashed once per use.
-#[derive(Default)]
-struct Fnv(u64);
-
-impl Hasher for Fnv {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        let mut hash = if self.0 == 0 {
-            0xcbf2_9ce4_8422_2325
-        } else {
-            self.0
-        };
-        for byte in bytes {
-            hash ^= u64::from(*byte);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
-        self.0 = hash;
-    }
-}
-
 /// Encodes batches into blocks. Kept by the writer so its buffers are
 /// reused from one batch to the next.
 #[derive(Default)]
 pub struct BlockEncoder {
     strings: Vec<u8>,
-    string_count: u64,
     records: Vec<u8>,
     block: Vec<u8>,
 }
@@ -193,9 +165,11 @@ impl BlockEncoder {
     pub fn encode(&mut self, records: &[CallEntry]) -> (&[u8], BlockSummary) {
         self.strings.clear();
         self.records.clear();
-        self.string_count = 0;
-        let mut table: HashMap<&str, u64, BuildHasherDefault<Fnv>> = HashMap::default();
-        let mut terms: HashMap<Term<'_>, u64, BuildHasherDefault<Fnv>> = HashMap::default();
+        // The standard (randomly keyed) hasher: paths and header values are
+        // chosen by whoever sends requests, so a predictable hash would let
+        // them make one batch's table collide.
+        let mut table: HashMap<&str, u64> = HashMap::new();
+        let mut terms: HashMap<Term<'_>, u64> = HashMap::new();
         let mut summary = BlockSummary {
             count: records.len(),
             first_ns: records.first().map_or(0, |r| r.time_unix_ns),
@@ -210,7 +184,6 @@ impl BlockEncoder {
             let mut strings = StringTable {
                 table: &mut table,
                 bytes: &mut self.strings,
-                count: &mut self.string_count,
             };
             let out = &mut self.records;
             let facts = &record.facts;
@@ -313,12 +286,12 @@ impl BlockEncoder {
                 put_varint(out, number);
             }
         }
-        drop(table);
+        let string_count = table.len() as u64;
         summary.terms = terms.into_iter().map(|(t, n)| (t.text(), n)).collect();
         summary.terms.sort_unstable();
         self.block.clear();
         self.block.push(FORMAT);
-        put_varint(&mut self.block, self.string_count);
+        put_varint(&mut self.block, string_count);
         self.block.extend_from_slice(&self.strings);
         put_varint(&mut self.block, records.len() as u64);
         self.block.extend_from_slice(&self.records);
@@ -328,20 +301,20 @@ impl BlockEncoder {
 
 /// The block's string table while it is being built.
 struct StringTable<'t, 'r> {
-    table: &'t mut HashMap<&'r str, u64, BuildHasherDefault<Fnv>>,
+    /// Each string's index: the order it was first seen.
+    table: &'t mut HashMap<&'r str, u64>,
     bytes: &'t mut Vec<u8>,
-    count: &'t mut u64,
 }
 
 impl<'r> StringTable<'_, 'r> {
     /// Writes a reference to `text` into `out`, adding it to the table the
     /// first time it is seen.
     fn put(&mut self, out: &mut Vec<u8>, text: &'r str) {
+        let next = self.table.len() as u64;
         let index = *self.table.entry(text).or_insert_with(|| {
             put_varint(self.bytes, text.len() as u64);
             self.bytes.extend_from_slice(text.as_bytes());
-            *self.count += 1;
-            *self.count - 1
+            next
         });
         put_varint(out, index);
     }
