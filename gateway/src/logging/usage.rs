@@ -71,7 +71,7 @@ impl UsageTap {
     /// Splits the stream into lines; a line cut across frames is kept in
     /// `buffer` until its end arrives (`overflow`: it grew too long, skip it).
     fn observe_sse(&mut self, mut data: &[u8]) {
-        while let Some(newline) = data.iter().position(|b| *b == b'\n') {
+        while let Some(newline) = memchr::memchr(b'\n', data) {
             let (line, rest) = data.split_at(newline);
             if self.overflow {
                 self.overflow = false;
@@ -224,7 +224,7 @@ fn for_each_usage_object(json: &[u8], mut found: impl FnMut(&[u8])) {
 pub(crate) fn has_usage_object(bytes: &[u8]) -> bool {
     const NAME: &[u8] = b"\"usage\"";
     let mut rest = bytes;
-    while let Some(at) = rest.windows(NAME.len()).position(|w| w == NAME) {
+    while let Some(at) = memchr::memmem::find(rest, NAME) {
         rest = &rest[at + NAME.len()..];
         let mut value = rest.iter().skip_while(|b| b.is_ascii_whitespace());
         if value.next() != Some(&b':') {

@@ -65,7 +65,7 @@ impl InjectedUsageFilter {
 /// End (just past the blank line) of the event starting at `from`.
 fn next_event_end(buffer: &[u8], from: usize) -> Option<usize> {
     let mut i = from;
-    while let Some(offset) = buffer[i..].iter().position(|b| *b == b'\n') {
+    while let Some(offset) = memchr::memchr(b'\n', &buffer[i..]) {
         let newline = i + offset;
         let rest = &buffer[newline + 1..];
         if rest.starts_with(b"\n") {
