@@ -228,19 +228,7 @@ fn clip(text: &str, width: usize) -> String {
 fn print_stats(store: &LogStore, json: bool) -> anyhow::Result<()> {
     let counters = store.counters()?;
     let records = store.count()?;
-    // Stored calls by capture, status class and partial; per-key and
-    // per-model counts are in the same index but belong to other views.
-    let breakdown: Vec<(String, u64)> = store
-        .term_counts()?
-        .into_iter()
-        .filter(|(term, _)| {
-            term.starts_with("capture:") || term.starts_with("class:") || term == "partial"
-        })
-        .map(|(term, n)| match term.strip_prefix("class:") {
-            Some(class) => (format!("status:{class}xx"), n),
-            None => (term, n),
-        })
-        .collect();
+    let breakdown = store.call_breakdown()?;
     if json {
         let map: serde_json::Map<String, serde_json::Value> = counters
             .iter()

@@ -98,13 +98,15 @@ pub fn status_term(status: u16) -> String {
     format!("status:{status}")
 }
 pub fn status_class_term(class: u16) -> String {
-    format!("class:{class}")
+    format!("{CLASS_TERM}{class}")
 }
+pub const CLASS_TERM: &str = "class:";
 
 /// `capture:ebpf`, `capture:userspace`: counted for `apx logs --stats`.
 pub fn capture_term(capture: Option<Capture>) -> String {
-    format!("capture:{}", capture.map_or("none", Capture::name))
+    format!("{CAPTURE_TERM}{}", capture.map_or("none", Capture::name))
 }
+pub const CAPTURE_TERM: &str = "capture:";
 /// Calls stored as partial: counted for `apx logs --stats`.
 pub const PARTIAL_TERM: &str = "partial";
 

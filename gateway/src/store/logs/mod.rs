@@ -322,6 +322,25 @@ impl LogStore {
         self.named_counts("SELECT term, SUM(calls) FROM log_terms GROUP BY term ORDER BY term")
     }
 
+    /// Stored calls by capture (`capture:ebpf`), status class (`status:2xx`)
+    /// and `partial`: the summary `apx logs --stats` shows. Per-key and
+    /// per-model counts are in the same index but belong to other views.
+    pub fn call_breakdown(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        Ok(self
+            .term_counts()?
+            .into_iter()
+            .filter_map(|(term, calls)| {
+                if let Some(class) = term.strip_prefix(block::CLASS_TERM) {
+                    Some((format!("status:{class}xx"), calls))
+                } else if term.starts_with(block::CAPTURE_TERM) || term == block::PARTIAL_TERM {
+                    Some((term, calls))
+                } else {
+                    None
+                }
+            })
+            .collect())
+    }
+
     /// Deletes the blocks whose calls all started more than `retention`
     /// ago, then the oldest blocks while the data takes more than
     /// `max_bytes`. Returns how many calls were deleted.
@@ -577,6 +596,14 @@ mod tests {
         assert_eq!(count("class:2"), 1288);
         assert_eq!(count("model:b"), 700);
         assert_eq!(count("capture:userspace"), 1301);
+        assert_eq!(
+            store.call_breakdown().unwrap(),
+            vec![
+                ("capture:userspace".to_string(), 1301),
+                ("status:2xx".to_string(), 1288),
+                ("status:5xx".to_string(), 13),
+            ]
+        );
 
         // The newest N span blocks and come back oldest first.
         let newest = store
