@@ -73,16 +73,20 @@ if [ "$e2e" = 1 ]; then
     (cd "$here/loader-probe" && cargo +stable build --release --quiet --bin apx-capture-probe --example hyper_server)
     # Free ports, picked now: fixed ones may be taken on a busy machine.
     free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-    if python3 "$here/loader-probe/e2e.py" --port "$(free_port)"; then
-        ok "e2e against a Python HTTP/1.1 server"
-    else
-        bad "e2e against a Python HTTP/1.1 server"
-    fi
-    if python3 "$here/loader-probe/e2e.py" --port "$(free_port)" --hyper "$here/loader-probe/target/release/examples/hyper_server" --out /tmp/apx-e2e-hyper.jsonl; then
-        ok "e2e against the hyper example server"
-    else
-        bad "e2e against the hyper example server"
-    fi
+    # Each hook layer on its own (`auto` picks the socket layer where the
+    # kernel has it; a kernel without it fails the sockets runs).
+    for layer in sockets syscalls; do
+        if python3 "$here/loader-probe/e2e.py" --port "$(free_port)" --layer "$layer" --out "/tmp/apx-e2e-$layer.jsonl"; then
+            ok "e2e against a Python HTTP/1.1 server ($layer)"
+        else
+            bad "e2e against a Python HTTP/1.1 server ($layer)"
+        fi
+        if python3 "$here/loader-probe/e2e.py" --port "$(free_port)" --layer "$layer" --hyper "$here/loader-probe/target/release/examples/hyper_server" --out "/tmp/apx-e2e-hyper-$layer.jsonl"; then
+            ok "e2e against the hyper example server ($layer)"
+        else
+            bad "e2e against the hyper example server ($layer)"
+        fi
+    done
 fi
 
 echo "$pass passed, $fail failed"

@@ -367,6 +367,7 @@ def main():
     ap.add_argument("--hyper", help="path of the hyper_server example binary (default: Python server)")
     ap.add_argument("--port", type=int, default=38419)
     ap.add_argument("--out", default="/tmp/apx-e2e.jsonl")
+    ap.add_argument("--layer", default="auto", choices=["auto", "sockets", "syscalls"], help="hook layer the probe attaches")
     a = ap.parse_args()
 
     if a.hyper:
@@ -387,7 +388,7 @@ def main():
     out = open(a.out, "w")
     err = open(a.out + ".stderr", "w")
     probe = subprocess.Popen(
-        [a.probe, "--pid", str(server.pid), "--header", "X-Tenant", "--known-key", f"gw-key-1={TOKEN}", "--duration", "60"],
+        [a.probe, "--pid", str(server.pid), "--header", "X-Tenant", "--known-key", f"gw-key-1={TOKEN}", "--duration", "60", "--layer", a.layer],
         stdout=out,
         stderr=err,
     )
@@ -396,6 +397,7 @@ def main():
     while time.time() < deadline and "attached" not in open(a.out + ".stderr").read():
         if probe.poll() is not None:
             print(open(a.out + ".stderr").read())
+            server.kill()
             sys.exit("probe failed to start")
         time.sleep(0.1)
     # A connection made before attach is not seen; every scenario opens its own.

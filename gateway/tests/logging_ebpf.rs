@@ -925,6 +925,29 @@ async fn vanished_clients_and_garbage_are_flagged() {
     assert_no_secret(&gw.state_dir, &["apx-half-sent-secret", CLIENT_KEY]);
 }
 
+/// The gateway attaches the socket hook layer where the kernel has it; the
+/// syscall layer (older kernels) must give the same records: the main
+/// record test again, in a child process with the layer forced.
+#[test]
+fn syscall_hook_layer_gives_the_same_records() {
+    if !ebpf_tests_run("syscall_hook_layer_gives_the_same_records") {
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["every_call_gives_one_complete_kernel_record", "--exact"])
+        .args(["--nocapture", "--test-threads", "1"])
+        .env(apx_gateway::logging::ebpf::HOOKS_ENV, "syscalls")
+        .output()
+        .expect("the test binary runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "child failed:\n{text}");
+    assert!(text.contains("1 passed"), "the child ran no test:\n{text}");
+}
+
 /// A 4 KiB ring buffer holds one request record (2.2 KiB) at a time, so
 /// concurrent calls lose records. Every loss is counted, and every call
 /// still has its record, marked partial where the kernel half was lost.

@@ -1,14 +1,27 @@
-//! apx-capture: kernel programs that turn the gateway's own socket syscalls
-//! into per-request HTTP/1.1 records (see docs/ebpf-design.md).
+//! apx-capture: kernel programs that turn the gateway's own socket I/O into
+//! per-request HTTP/1.1 records (see docs/ebpf-design.md).
 //!
-//! Hooks: syscall tracepoints, filtered by the gateway's tgid (`TARGET_TGID`).
-//! * accept/accept4 exit: a new accepted socket → entry in `CONNS` (fd → state).
+//! Two hook layers feed the same parsers; the loader attaches one of them.
+//!
+//! Socket layer (kernels with the `sock_recv_length` tracepoint, 6.4+): no
+//! syscall tracepoint at all, so no task on the machine is put on the
+//! syscall tracing slow path. `CONNS` is keyed by the socket's address.
+//! * `sock/inet_sock_set_state`: a connection to a registered listening
+//!   port becomes established → entry in `CONNS`; it starts closing (our
+//!   FIN, or a reset) → flush, close record, entry removed.
+//! * `tp_btf/sock_recv_length`, `tp_btf/sock_send_length`: bytes the
+//!   gateway read / wrote on a tracked socket → request / response parser;
+//!   the buffers come from the registers its syscall saved.
+//!
+//! Syscall layer (older kernels): syscall tracepoints, filtered by the
+//! gateway's tgid (`TARGET_TGID`); `CONNS` is keyed by fd.
+//! * accept/accept4 exit: a new accepted socket → entry in `CONNS`.
 //! * read/recvfrom/readv exit: request bytes → request parser.
 //! * write/sendto/writev exit: response bytes → response parser.
 //! * close enter: flush what is in progress, send a close record, forget the fd.
 //! * socket exit: an fd number reused by a new (upstream) socket is forgotten.
 //!
-//! Only fds learnt from accept are parsed, so the gateway's upstream (client)
+//! Only accepted connections are parsed, so the gateway's upstream (client)
 //! sockets, files and pipes never produce records.
 #![no_std]
 #![no_main]
@@ -23,11 +36,11 @@ use apx_capture_common::*;
 use aya_ebpf::{
     helpers::generated::{
         bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_get_smp_processor_id,
-        bpf_ktime_get_ns, bpf_loop, bpf_probe_read_user, bpf_task_pt_regs,
+        bpf_ktime_get_ns, bpf_loop, bpf_probe_read_kernel, bpf_probe_read_user, bpf_task_pt_regs,
     },
-    macros::{map, tracepoint},
+    macros::{btf_tracepoint, map, tracepoint},
     maps::{Array, HashMap, PerCpuArray, RingBuf},
-    programs::TracePointContext,
+    programs::{BtfTracePointContext, TracePointContext},
     Global,
 };
 
@@ -74,15 +87,40 @@ static REGS_ARG0: Global<u32> = Global::new(112);
 static REGS_ARG1: Global<u32> = Global::new(104);
 #[no_mangle]
 static REGS_ARG2: Global<u32> = Global::new(96);
+/// Offset of the syscall number in `struct pt_regs` (x86_64 orig_ax;
+/// arm64 syscallno, a 32-bit field: only the low half is compared).
+#[no_mangle]
+static REGS_NR: Global<u32> = Global::new(120);
+/// This architecture's numbers of the syscalls whose buffers the socket
+/// layer reads (defaults: x86_64). Socket I/O reached any other way
+/// (io_uring, sendfile, splice) is counted but not parsed.
+#[no_mangle]
+static NR_READ: Global<u32> = Global::new(0);
+#[no_mangle]
+static NR_RECVFROM: Global<u32> = Global::new(45);
+#[no_mangle]
+static NR_READV: Global<u32> = Global::new(19);
+#[no_mangle]
+static NR_RECVMSG: Global<u32> = Global::new(47);
+#[no_mangle]
+static NR_WRITE: Global<u32> = Global::new(1);
+#[no_mangle]
+static NR_SENDTO: Global<u32> = Global::new(44);
+#[no_mangle]
+static NR_WRITEV: Global<u32> = Global::new(20);
+#[no_mangle]
+static NR_SENDMSG: Global<u32> = Global::new(46);
 
 // ---- maps -------------------------------------------------------------------
 
 /// Records to user space.
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(2 * 1024 * 1024, 0);
-/// Accepted socket fd → connection state.
+/// Connection state of each tracked connection: keyed by the accepted
+/// socket's fd (syscall layer) or by its `struct sock` address (socket
+/// layer).
 #[map]
-static CONNS: HashMap<u32, Conn> = HashMap::with_max_entries(2048, 0);
+static CONNS: HashMap<u64, Conn> = HashMap::with_max_entries(2048, 0);
 /// One byte per fd number below `TRACKED_FDS`: 1 = maybe in `CONNS`.
 /// Every read/write of the gateway runs an exit program, and most are on
 /// fds that are not accepted connections (upstream sockets, eventfds):
@@ -103,16 +141,26 @@ fn maybe_tracked(fd: u32) -> bool {
         return true;
     }
     match TRACKED.get_ptr(0) {
-        Some(t) => unsafe { *(t as *const u8).add(fd as usize & (TRACKED_FDS - 1)) != 0 },
+        Some(t) => unsafe { *(t as *const u8).add(fd_index(fd)) != 0 },
         None => true,
     }
+}
+
+/// `fd` masked to the `TRACKED` array. The caller already checked the
+/// bound, so LLVM would drop a plain mask as a no-op, and the verifier
+/// (which does not connect that check to this register) would reject the
+/// access: the value goes through a volatile stack slot first.
+#[inline(always)]
+fn fd_index(fd: u32) -> usize {
+    let mut slot = fd as usize;
+    unsafe { core::ptr::read_volatile(&mut slot) & (TRACKED_FDS - 1) }
 }
 
 #[inline(always)]
 fn set_tracked(fd: u32, on: bool) {
     if (fd as usize) < TRACKED_FDS {
         if let Some(t) = TRACKED.get_ptr_mut(0) {
-            unsafe { *(t as *mut u8).add(fd as usize & (TRACKED_FDS - 1)) = on as u8 };
+            unsafe { *(t as *mut u8).add(fd_index(fd)) = on as u8 };
         }
     }
 }
@@ -121,8 +169,13 @@ fn set_tracked(fd: u32, on: bool) {
 #[map]
 static ARGS: HashMap<u64, Args> = HashMap::with_max_entries(1024, 0);
 /// Listening fd → local port (host order), filled by the loader.
+/// Listening fd → its port (syscall layer: accept's first argument).
 #[map]
 static LISTENERS: HashMap<u32, u16> = HashMap::with_max_entries(64, 0);
+/// Listening ports of the gateway (socket layer: a connection is tracked
+/// when it is established on one of them).
+#[map]
+static LISTEN_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(64, 0);
 /// Per-CPU parse scratch.
 #[map]
 static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
@@ -194,7 +247,7 @@ fn stash(ctx: &TracePointContext, kind: u32) {
         if REQUIRE_LISTENER.load() != 0 && unsafe { LISTENERS.get(&fd) }.is_none() {
             return;
         }
-    } else if CONNS.get_ptr(&fd).is_none() {
+    } else if CONNS.get_ptr(&(fd as u64)).is_none() {
         return;
     }
     let ptr = arg::<u64>(ctx, ARG1).unwrap_or(0);
@@ -222,7 +275,7 @@ fn args_from_regs() -> Option<(Args, *mut Conn)> {
         if !maybe_tracked(fd) {
             return None;
         }
-        let c = CONNS.get_ptr_mut(&fd)?;
+        let c = CONNS.get_ptr_mut(&(fd as u64))?;
         let ptr = reg(regs, REGS_ARG1.load());
         let cnt = reg(regs, REGS_ARG2.load());
         Some((
@@ -289,21 +342,10 @@ fn on_accept_exit(ctx: &TracePointContext) {
         return;
     }
     let fd = ret as u32;
-    let Some(zero) = ZERO.get_ptr(0) else { return };
-    if CONNS.insert(&fd, unsafe { &*zero }, 0).is_err() {
-        stat_add(stats::CONN_MAP_FULL, 1);
-        return;
-    }
-    let Some(c) = CONNS.get_ptr_mut(&fd) else {
-        return;
-    };
+    let Some(c) = new_conn(fd as u64) else { return };
     set_tracked(fd, true);
-    let now = unsafe { bpf_ktime_get_ns() };
-    let c = unsafe { &mut *c };
     c.fd = fd;
     c.tgid = (unsafe { bpf_get_current_pid_tgid() } >> 32) as u32;
-    c.conn_id = next_conn_id();
-    c.info.ts_accept_ns = now;
     match unsafe { LISTENERS.get(&a.fd) } {
         Some(p) => c.info.local_port = *p,
         None => c.flags |= F_LOCAL_UNKNOWN,
@@ -311,7 +353,22 @@ fn on_accept_exit(ctx: &TracePointContext) {
     if !read_peer(a.ptr, c) {
         c.flags |= F_ADDR_UNKNOWN;
     }
+}
+
+/// A fresh `CONNS` entry under `key` (replacing a stale one), with its
+/// connection id and accept time; `None` (counted) when the map is full.
+#[inline(always)]
+fn new_conn(key: u64) -> Option<&'static mut Conn> {
+    let zero = ZERO.get_ptr(0)?;
+    if CONNS.insert(&key, unsafe { &*zero }, 0).is_err() {
+        stat_add(stats::CONN_MAP_FULL, 1);
+        return None;
+    }
+    let c = unsafe { &mut *CONNS.get_ptr_mut(&key)? };
+    c.conn_id = next_conn_id();
+    c.info.ts_accept_ns = unsafe { bpf_ktime_get_ns() };
     stat_add(stats::CONNS, 1);
+    Some(c)
 }
 
 #[inline(always)]
@@ -446,7 +503,7 @@ fn on_io_exit<const RESP: bool, const VEC: bool>(ctx: &TracePointContext) {
         if a.kind != want {
             return;
         }
-        let Some(c) = CONNS.get_ptr_mut(&a.fd) else {
+        let Some(c) = CONNS.get_ptr_mut(&(a.fd as u64)) else {
             return;
         };
         (a, c)
@@ -454,6 +511,14 @@ fn on_io_exit<const RESP: bool, const VEC: bool>(ctx: &TracePointContext) {
     let Some(ret) = arg::<i64>(ctx, RET) else {
         return;
     };
+    parse_io::<RESP>(c, a.ptr, a.cnt, VEC, ret);
+}
+
+/// Bytes a tracked connection just moved: `ret` from `ptr` (one buffer), or
+/// from the `cnt` iovecs at `ptr` (`vec`); `ret` ≤ 0 is end of stream or an
+/// error.
+#[inline(always)]
+fn parse_io<const RESP: bool>(c: *mut Conn, ptr: u64, cnt: u64, vec: bool, ret: i64) {
     if ret <= 0 {
         if !RESP {
             let cc = unsafe { &mut *c };
@@ -476,9 +541,9 @@ fn on_io_exit<const RESP: bool, const VEC: bool>(ctx: &TracePointContext) {
         zero(&mut sc.win_len);
         zero(&mut sc.win_start);
         sc.total_left = ret as u64;
-        if VEC {
-            sc.iov_ptr = a.ptr;
-            sc.iov_cnt = a.cnt;
+        if vec {
+            sc.iov_ptr = ptr;
+            sc.iov_cnt = cnt;
             zero(&mut sc.iov_idx);
             zero(&mut sc.iov_n);
             zero(&mut sc.cur_ptr);
@@ -487,7 +552,7 @@ fn on_io_exit<const RESP: bool, const VEC: bool>(ctx: &TracePointContext) {
             zero(&mut sc.iov_ptr);
             zero(&mut sc.iov_cnt);
             zero(&mut sc.iov_idx);
-            sc.cur_ptr = a.ptr;
+            sc.cur_ptr = ptr;
             sc.cur_len = ret as u64;
             zero(&mut sc.total_left);
         }
@@ -522,6 +587,235 @@ fn on_io_exit<const RESP: bool, const VEC: bool>(ctx: &TracePointContext) {
     stat_add(stats::PARSED_SYSCALLS, 1);
 }
 
+// ---- socket layer ---------------------------------------------------------------
+
+const MSG_PEEK: i64 = 2;
+const TCP_ESTABLISHED: i32 = 1;
+const TCP_SYN_RECV: i32 = 3;
+const TCP_FIN_WAIT1: i32 = 4;
+const TCP_CLOSE: i32 = 7;
+const TCP_CLOSE_WAIT: i32 = 8;
+const TCP_LAST_ACK: i32 = 9;
+const IPPROTO_TCP: u16 = 6;
+
+#[btf_tracepoint(function = "sock_recv_length")]
+pub fn sock_recv(ctx: BtfTracePointContext) -> i32 {
+    on_sock_io::<false>(&ctx);
+    0
+}
+
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn sock_send(ctx: BtfTracePointContext) -> i32 {
+    on_sock_io::<true>(&ctx);
+    0
+}
+
+/// `sock_recv_length(sk, ret, flags)` / `sock_send_length(sk, ret, flags)`:
+/// fired inside `sock_recvmsg` / `sock_sendmsg` for every socket of every
+/// process; the tgid check and one `CONNS` lookup stop all but the
+/// gateway's accepted connections. The bytes are in the buffers the
+/// gateway's syscall named, read through the registers it saved.
+#[inline(always)]
+fn on_sock_io<const RESP: bool>(ctx: &BtfTracePointContext) {
+    if ours().is_none() {
+        return;
+    }
+    let sk: u64 = ctx.arg(0);
+    let ret: i32 = ctx.arg(1);
+    let flags: i32 = ctx.arg(2);
+    if !RESP && i64::from(flags) & MSG_PEEK != 0 {
+        // The same bytes come again with the read that consumes them.
+        return;
+    }
+    let c = match CONNS.get_ptr_mut(&sk) {
+        Some(c) => c,
+        None if !RESP => match learn_established(sk) {
+            Some(c) => c,
+            None => return,
+        },
+        None => return,
+    };
+    let ret = i64::from(ret);
+    unsafe {
+        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const u8;
+        let nr = reg(regs, REGS_NR.load()) as u32;
+        let a1 = reg(regs, REGS_ARG1.load());
+        let a2 = reg(regs, REGS_ARG2.load());
+        (*c).fd = reg(regs, REGS_ARG0.load()) as u32;
+        let (plain, vector, msg) = if RESP {
+            (NR_WRITE.load(), NR_WRITEV.load(), NR_SENDMSG.load())
+        } else {
+            (NR_READ.load(), NR_READV.load(), NR_RECVMSG.load())
+        };
+        let direct = if RESP {
+            NR_SENDTO.load()
+        } else {
+            NR_RECVFROM.load()
+        };
+        if nr == direct || nr == plain {
+            parse_io::<RESP>(c, a1, 0, false, ret);
+        } else if nr == vector {
+            parse_io::<RESP>(c, a1, a2, true, ret);
+        } else if nr == msg {
+            // struct user_msghdr: msg_iov at 16, msg_iovlen at 24.
+            let mut hdr = [0u64; 4];
+            if read_user(hdr.as_mut_ptr() as *mut u8, 32, a1) {
+                parse_io::<RESP>(c, hdr[2], hdr[3], true, ret);
+            } else if ret > 0 {
+                parse::skip_unseen(&mut *c, RESP, ret as u64, bpf_ktime_get_ns());
+            }
+        } else if ret > 0 {
+            // io_uring, sendfile, splice…: no user buffer to read here.
+            parse::skip_unseen(&mut *c, RESP, ret as u64, bpf_ktime_get_ns());
+        } else {
+            parse_io::<RESP>(c, 0, 0, false, ret);
+        }
+    }
+}
+
+/// A read on a socket the state tracepoint did not announce: a connection
+/// established before the programs were attached (the gateway listens
+/// before it loads them, and a probe attaches to a running server) and
+/// accepted on a registered port is tracked from this read on, which
+/// starts a request unless the attach fell in the middle of one (then the
+/// parser flags it `not_http`). Upstream sockets stop at the port check.
+/// The `struct sock_common` fields read here (peer address at 0, peer
+/// port at 12, local port at 14, family at 16, state at 18) have had these
+/// offsets on every kernel since the socket hash lookups were built on
+/// them; a pure IPv6 peer address is elsewhere and is left unknown.
+#[inline(always)]
+fn learn_established(sk: u64) -> Option<*mut Conn> {
+    let mut head = [0u8; 20];
+    let rc = unsafe {
+        bpf_probe_read_kernel(
+            head.as_mut_ptr() as *mut c_void,
+            head.len() as u32,
+            sk as *const c_void,
+        )
+    };
+    if rc != 0 {
+        return None;
+    }
+    let local_port = u16::from_ne_bytes([head[14], head[15]]);
+    unsafe { LISTEN_PORTS.get(&local_port) }?;
+    let state = head[18] as i32;
+    if state != TCP_ESTABLISHED && state != TCP_CLOSE_WAIT {
+        return None;
+    }
+    let c = new_conn(sk)?;
+    c.tgid = TARGET_TGID.load();
+    c.info.local_port = local_port;
+    c.info.peer_port = u16::from_be_bytes([head[12], head[13]]);
+    let family = u16::from_ne_bytes([head[16], head[17]]);
+    let v4 = [head[0], head[1], head[2], head[3]];
+    if family == 2 {
+        c.info.family = 2;
+        c.info.peer_addr[..4].copy_from_slice(&v4);
+    } else if family == 10 && v4 != [0; 4] {
+        // A dual-stack socket with an IPv4 peer: ::ffff:a.b.c.d, as accept
+        // would have reported it.
+        c.info.family = 10;
+        c.info.peer_addr[10] = 0xff;
+        c.info.peer_addr[11] = 0xff;
+        c.info.peer_addr[12..].copy_from_slice(&v4);
+    } else {
+        c.info.peer_port = 0;
+        c.flags |= F_ADDR_UNKNOWN;
+    }
+    Some(c as *mut Conn)
+}
+
+// Fields of the `sock/inet_sock_set_state` tracepoint (its format file; the
+// layout has not changed since the event was added in 4.16).
+const SS_SKADDR: usize = 8;
+const SS_OLDSTATE: usize = 16;
+const SS_NEWSTATE: usize = 20;
+const SS_SPORT: usize = 24;
+const SS_DPORT: usize = 26;
+const SS_FAMILY: usize = 28;
+const SS_PROTOCOL: usize = 30;
+const SS_DADDR: usize = 36;
+const SS_DADDR_V6: usize = 56;
+
+/// TCP state changes, machine-wide (a few per connection): a connection
+/// established on a registered listening port is tracked from here on; a
+/// tracked one that starts closing (our FIN at shutdown/close, the peer's
+/// FIN answered, or a reset) is flushed and forgotten. Runs in softirq
+/// context as often as not, so it keys by socket, never by task.
+#[tracepoint]
+pub fn sock_state(ctx: TracePointContext) -> u32 {
+    on_sock_state(&ctx);
+    0
+}
+
+#[inline(always)]
+fn on_sock_state(ctx: &TracePointContext) {
+    let (Some(sk), Some(old), Some(new), Some(proto)) = (
+        arg::<u64>(ctx, SS_SKADDR),
+        arg::<i32>(ctx, SS_OLDSTATE),
+        arg::<i32>(ctx, SS_NEWSTATE),
+        arg::<u16>(ctx, SS_PROTOCOL),
+    ) else {
+        return;
+    };
+    if proto != IPPROTO_TCP {
+        return;
+    }
+    if new == TCP_ESTABLISHED && old == TCP_SYN_RECV {
+        let Some(sport) = arg::<u16>(ctx, SS_SPORT) else {
+            return;
+        };
+        if unsafe { LISTEN_PORTS.get(&sport) }.is_none() {
+            return;
+        }
+        let Some(c) = new_conn(sk) else { return };
+        c.tgid = TARGET_TGID.load();
+        c.info.local_port = sport;
+        c.info.peer_port = arg::<u16>(ctx, SS_DPORT).unwrap_or(0);
+        let family = arg::<u16>(ctx, SS_FAMILY).unwrap_or(0);
+        if family == 2 {
+            if let Some(a) = arg::<[u8; 4]>(ctx, SS_DADDR) {
+                c.info.family = 2;
+                c.info.peer_addr[0] = a[0];
+                c.info.peer_addr[1] = a[1];
+                c.info.peer_addr[2] = a[2];
+                c.info.peer_addr[3] = a[3];
+                return;
+            }
+        } else if family == 10 {
+            if let Some(a) = arg::<[u8; 16]>(ctx, SS_DADDR_V6) {
+                c.info.family = 10;
+                c.info.peer_addr = a;
+                return;
+            }
+        }
+        c.info.peer_port = 0;
+        c.flags |= F_ADDR_UNKNOWN;
+    } else if new == TCP_FIN_WAIT1 || new == TCP_LAST_ACK || new == TCP_CLOSE {
+        let Some(c) = CONNS.get_ptr_mut(&sk) else {
+            return;
+        };
+        let c = unsafe { &mut *c };
+        let now = unsafe { bpf_ktime_get_ns() };
+        unsafe { parse::on_close(c, now) };
+        let _ = CONNS.remove(&sk);
+    }
+}
+
+/// `tcp/tcp_receive_reset` (skaddr at 8): the peer reset a tracked
+/// connection; the gateway's next read fails with ECONNRESET. Fires just
+/// before the state change to CLOSE that flushes the connection, so its
+/// records carry the flag.
+#[tracepoint]
+pub fn sock_reset(ctx: TracePointContext) -> u32 {
+    if let Some(sk) = arg::<u64>(&ctx, SS_SKADDR) {
+        if let Some(c) = CONNS.get_ptr_mut(&sk) {
+            unsafe { (*c).flags |= F_READ_ERROR };
+        }
+    }
+    0
+}
+
 // ---- close and fd reuse -------------------------------------------------------
 
 #[tracepoint]
@@ -531,12 +825,12 @@ pub fn enter_close(ctx: TracePointContext) -> u32 {
         return 0;
     };
     let fd = fd as u32;
-    let Some(c) = CONNS.get_ptr_mut(&fd) else {
+    let Some(c) = CONNS.get_ptr_mut(&(fd as u64)) else {
         return 0;
     };
     let now = unsafe { bpf_ktime_get_ns() };
     unsafe { parse::on_close(&mut *c, now) };
-    let _ = CONNS.remove(&fd);
+    let _ = CONNS.remove(&(fd as u64));
     set_tracked(fd, false);
     0
 }
@@ -548,7 +842,7 @@ pub fn exit_socket(ctx: TracePointContext) -> u32 {
         return 0;
     };
     if ret >= 0 {
-        let _ = CONNS.remove(&(ret as u32));
+        let _ = CONNS.remove(&(ret as u64));
         set_tracked(ret as u32, false);
     }
     0

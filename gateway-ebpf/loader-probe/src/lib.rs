@@ -1,5 +1,6 @@
 //! User side of apx-capture: load the prebuilt eBPF object, point it at a
-//! process, attach the syscall tracepoints, drain the ring buffer.
+//! process, attach one hook layer (socket tracepoints where the kernel has
+//! them, else syscall tracepoints), drain the ring buffer.
 //!
 //! ```no_run
 //! use apx_capture::{Capture, Config};
@@ -17,8 +18,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
-use aya::programs::TracePoint;
-use aya::{Ebpf, EbpfLoader};
+use aya::programs::{BtfTracePoint, TracePoint};
+use aya::{Btf, Ebpf, EbpfLoader};
 
 pub use apx_capture_common as common;
 pub use apx_capture_common::user::{Exchange, Joiner, Record};
@@ -27,7 +28,43 @@ use apx_capture_common::{name_hash, stats, EXTRA_SLOTS};
 /// The compiled programs, committed (see gateway-ebpf/build.sh, check.sh).
 pub static PREBUILT: &[u8] = include_bytes!("../../prebuilt/apx-capture.bpf.o");
 
-/// (program, tracepoint category, tracepoint name)
+/// Where the kernel programs hook in (docs/ebpf-design.md §1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HookLayer {
+    /// The socket layer where the kernel has it, else the syscall layer.
+    Auto,
+    /// `sock_recv_length` / `sock_send_length` (BTF tracepoints, Linux 6.4+)
+    /// and `inet_sock_set_state`: no syscall tracepoint, so no task on the
+    /// machine is put on the syscall tracing slow path. Needs the
+    /// listening ports (`Config::listeners`).
+    Sockets,
+    /// Syscall tracepoints (accept, recvfrom/readv, sendto/writev, close…):
+    /// any kernel the object loads on.
+    Syscalls,
+}
+
+impl HookLayer {
+    pub fn name(self) -> &'static str {
+        match self {
+            HookLayer::Auto => "auto",
+            HookLayer::Sockets => "socket tracepoints",
+            HookLayer::Syscalls => "syscall tracepoints",
+        }
+    }
+}
+
+/// Socket layer: (program, BTF tracepoint).
+pub const SOCKET_BTF_HOOKS: &[(&str, &str)] = &[
+    ("sock_recv", "sock_recv_length"),
+    ("sock_send", "sock_send_length"),
+];
+/// Socket layer: (program, tracepoint category, tracepoint name).
+pub const SOCKET_HOOKS: &[(&str, &str, &str)] = &[
+    ("sock_state", "sock", "inet_sock_set_state"),
+    ("sock_reset", "tcp", "tcp_receive_reset"),
+];
+
+/// Syscall layer: (program, tracepoint category, tracepoint name)
 pub const HOOKS: &[(&str, &str, &str)] = &[
     ("enter_accept4", "syscalls", "sys_enter_accept4"),
     ("exit_accept4", "syscalls", "sys_exit_accept4"),
@@ -73,8 +110,22 @@ pub const REGS_ARG_OFFSETS: Option<[u32; 3]> = if cfg!(target_arch = "x86_64") {
     None
 };
 
+/// Offset of the syscall number in `struct pt_regs` and the numbers of
+/// read, recvfrom, readv, recvmsg, write, sendto, writev, sendmsg, for the
+/// socket layer (which reads the buffers of the syscall it fires in).
+/// `None`: no socket layer on this architecture.
+pub const SYSCALL_NUMBERS: Option<(u32, [u32; 8])> = if cfg!(target_arch = "x86_64") {
+    Some((120, [0, 45, 19, 47, 1, 44, 20, 46]))
+} else if cfg!(target_arch = "aarch64") {
+    Some((280, [63, 207, 65, 212, 64, 206, 66, 211]))
+} else {
+    None
+};
+
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// Which hooks to attach (default `Auto`).
+    pub layer: HookLayer,
     /// Process (tgid) whose accepted sockets are captured.
     pub tgid: u32,
     /// 16-byte key of the credential fingerprint (SipHash-2-4).
@@ -111,6 +162,7 @@ const PLAIN_READ_WRITE: &[&str] = &["enter_read", "exit_read", "enter_write", "e
 impl Config {
     pub fn for_pid(tgid: u32) -> Config {
         Config {
+            layer: HookLayer::Auto,
             tgid,
             fingerprint_key: apx_capture_common::TEST_KEY,
             extra_headers: Vec::new(),
@@ -163,6 +215,7 @@ pub struct ProgStat {
 
 pub struct Capture {
     ebpf: Ebpf,
+    layer: HookLayer,
     prog_load: Vec<(&'static str, Duration)>,
     ring: RingBuf<MapData>,
     /// Time spent in `EbpfLoader::load` (includes verification of all programs).
@@ -251,6 +304,87 @@ fn aligned_copy(bytes: &[u8]) -> Vec<u8> {
     v
 }
 
+/// Unloads whatever part of the socket layer was loaded (its links go
+/// with the programs), so a failed attempt leaves nothing attached.
+fn detach_socket_layer(ebpf: &mut Ebpf) {
+    for (prog, _) in SOCKET_BTF_HOOKS {
+        let tp: Option<&mut BtfTracePoint> = ebpf.program_mut(prog).and_then(|p| p.try_into().ok());
+        if let Some(tp) = tp {
+            let _ = tp.unload();
+        }
+    }
+    for (prog, _, _) in SOCKET_HOOKS {
+        let tp: Option<&mut TracePoint> = ebpf.program_mut(prog).and_then(|p| p.try_into().ok());
+        if let Some(tp) = tp {
+            let _ = tp.unload();
+        }
+    }
+}
+
+fn attach_syscall_layer(
+    ebpf: &mut Ebpf,
+    cfg: &Config,
+    prog_load: &mut Vec<(&'static str, Duration)>,
+) -> Result<(), Error> {
+    let regs_args = REGS_ARG_OFFSETS.is_some();
+    for (prog, cat, name) in HOOKS {
+        if regs_args && STASH_ONLY.contains(prog) {
+            continue;
+        }
+        if !cfg.plain_read_write && PLAIN_READ_WRITE.contains(prog) {
+            continue;
+        }
+        let tp = Instant::now();
+        let p: &mut TracePoint = ebpf
+            .program_mut(prog)
+            .ok_or_else(|| Error(format!("program {prog} missing from the object")))?
+            .try_into()
+            .map_err(err(prog))?;
+        p.load()
+            .map_err(|e| Error(format!("verifying {prog}: {e:?}")))?;
+        prog_load.push((*prog, tp.elapsed()));
+        p.attach(cat, name).map_err(err(name))?;
+    }
+    Ok(())
+}
+
+fn attach_socket_layer(
+    ebpf: &mut Ebpf,
+    prog_load: &mut Vec<(&'static str, Duration)>,
+) -> Result<(), Error> {
+    if SYSCALL_NUMBERS.is_none() {
+        return Err(Error(
+            "the socket hook layer has no syscall numbers for this architecture".into(),
+        ));
+    }
+    let btf = Btf::from_sys_fs().map_err(err("reading the kernel's BTF"))?;
+    for (prog, name) in SOCKET_BTF_HOOKS {
+        let tp = Instant::now();
+        let p: &mut BtfTracePoint = ebpf
+            .program_mut(prog)
+            .ok_or_else(|| Error(format!("program {prog} missing from the object")))?
+            .try_into()
+            .map_err(err(prog))?;
+        p.load(name, &btf)
+            .map_err(|e| Error(format!("verifying {prog}: {e:?}")))?;
+        prog_load.push((*prog, tp.elapsed()));
+        p.attach().map_err(err(name))?;
+    }
+    for (prog, cat, name) in SOCKET_HOOKS {
+        let tp = Instant::now();
+        let p: &mut TracePoint = ebpf
+            .program_mut(prog)
+            .ok_or_else(|| Error(format!("program {prog} missing from the object")))?
+            .try_into()
+            .map_err(err(prog))?;
+        p.load()
+            .map_err(|e| Error(format!("verifying {prog}: {e:?}")))?;
+        prog_load.push((*prog, tp.elapsed()));
+        p.attach(cat, name).map_err(err(name))?;
+    }
+    Ok(())
+}
+
 impl Capture {
     /// Mount tracefs if needed, load the programs with `cfg`, attach them.
     pub fn start(cfg: &Config) -> Result<Capture, Error> {
@@ -284,6 +418,23 @@ impl Capture {
             .override_global("REGS_ARG0", &arg0, true)
             .override_global("REGS_ARG1", &arg1, true)
             .override_global("REGS_ARG2", &arg2, true);
+        let (regs_nr, nrs) = SYSCALL_NUMBERS.unwrap_or((120, [u32::MAX; 8]));
+        loader.override_global("REGS_NR", &regs_nr, true);
+        for (name, nr) in [
+            "NR_READ",
+            "NR_RECVFROM",
+            "NR_READV",
+            "NR_RECVMSG",
+            "NR_WRITE",
+            "NR_SENDTO",
+            "NR_WRITEV",
+            "NR_SENDMSG",
+        ]
+        .iter()
+        .zip(nrs.iter())
+        {
+            loader.override_global(name, nr, true);
+        }
         if let Some(n) = cfg.ringbuf_bytes {
             loader.map_max_entries("EVENTS", n);
         }
@@ -305,29 +456,49 @@ impl Capture {
                     .ok_or(Error("no LISTENERS map".into()))?,
             )
             .map_err(err("LISTENERS"))?;
-            for (fd, port) in listeners {
+            for (fd, port) in &listeners {
                 map.insert(fd, port, 0).map_err(err("LISTENERS insert"))?;
             }
         }
-        let mut prog_load = Vec::new();
-        for (prog, cat, name) in HOOKS {
-            if regs_args != 0 && STASH_ONLY.contains(prog) {
-                continue;
+        {
+            let mut ports: BpfHashMap<_, u16, u8> = BpfHashMap::try_from(
+                ebpf.map_mut("LISTEN_PORTS")
+                    .ok_or(Error("no LISTEN_PORTS map".into()))?,
+            )
+            .map_err(err("LISTEN_PORTS"))?;
+            for (_, port) in &listeners {
+                ports
+                    .insert(port, 1, 0)
+                    .map_err(err("LISTEN_PORTS insert"))?;
             }
-            if !cfg.plain_read_write && PLAIN_READ_WRITE.contains(prog) {
-                continue;
-            }
-            let tp = Instant::now();
-            let p: &mut TracePoint = ebpf
-                .program_mut(prog)
-                .ok_or_else(|| Error(format!("program {prog} missing from the object")))?
-                .try_into()
-                .map_err(err(prog))?;
-            p.load()
-                .map_err(|e| Error(format!("verifying {prog}: {e:?}")))?;
-            prog_load.push((*prog, tp.elapsed()));
-            p.attach(cat, name).map_err(err(name))?;
         }
+        if listeners.is_empty() && cfg.layer == HookLayer::Sockets {
+            return Err(Error(
+                "the socket hook layer tracks connections by listening port, and no \
+                 listening socket was given or found"
+                    .into(),
+            ));
+        }
+        let mut prog_load = Vec::new();
+        let layer = match cfg.layer {
+            HookLayer::Syscalls => {
+                attach_syscall_layer(&mut ebpf, cfg, &mut prog_load)?;
+                HookLayer::Syscalls
+            }
+            HookLayer::Sockets => {
+                attach_socket_layer(&mut ebpf, &mut prog_load)?;
+                HookLayer::Sockets
+            }
+            HookLayer::Auto => match attach_socket_layer(&mut ebpf, &mut prog_load) {
+                Ok(()) => HookLayer::Sockets,
+                Err(_) => {
+                    detach_socket_layer(&mut ebpf);
+                    prog_load.clear();
+                    attach_syscall_layer(&mut ebpf, cfg, &mut prog_load)?;
+                    HookLayer::Syscalls
+                }
+            },
+        };
         let attach_time = t0.elapsed();
         let ring = RingBuf::try_from(
             ebpf.take_map("EVENTS")
@@ -336,6 +507,7 @@ impl Capture {
         .map_err(err("EVENTS"))?;
         Ok(Capture {
             ebpf,
+            layer,
             prog_load,
             ring,
             load_time,
@@ -351,7 +523,19 @@ impl Capture {
                 .ok_or(Error("no LISTENERS map".into()))?,
         )
         .map_err(err("LISTENERS"))?;
-        map.insert(fd, port, 0).map_err(err("LISTENERS insert"))
+        map.insert(fd, port, 0).map_err(err("LISTENERS insert"))?;
+        let mut ports: BpfHashMap<_, u16, u8> = BpfHashMap::try_from(
+            self.ebpf
+                .map_mut("LISTEN_PORTS")
+                .ok_or(Error("no LISTEN_PORTS map".into()))?,
+        )
+        .map_err(err("LISTEN_PORTS"))?;
+        ports.insert(port, 1, 0).map_err(err("LISTEN_PORTS insert"))
+    }
+
+    /// The hook layer that was attached.
+    pub fn layer(&self) -> HookLayer {
+        self.layer
     }
 
     /// The ring buffer's fd: readable (epoll) when records are waiting.

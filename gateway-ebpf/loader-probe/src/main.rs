@@ -3,6 +3,7 @@
 //!
 //! usage: apx-capture-probe --pid PID [--duration SECS] [--header NAME]...
 //!        [--key HEX32] [--known-key ID=TOKEN]... [--raw] [--quiet] [--prog-stats] [--object FILE]
+//!        [--layer auto|sockets|syscalls]
 //!
 //! Stats (drops, records, load/attach time) go to stderr as JSON at exit.
 
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use apx_capture::common::user::fp_hex;
 use apx_capture::common::*;
-use apx_capture::{Capture, Config, Exchange, Joiner, Record};
+use apx_capture::{Capture, Config, Exchange, HookLayer, Joiner, Record};
 
 const FLAG_NAMES: &[(u32, &str)] = &[
     (F_PARTIAL, "partial"),
@@ -334,6 +335,14 @@ fn main() {
                     Some(std::fs::read(val()).unwrap_or_else(|e| die(&format!("--object: {e}"))))
             }
             "--raw" => raw = true,
+            "--layer" => {
+                cfg.layer = match val().as_str() {
+                    "auto" => HookLayer::Auto,
+                    "sockets" => HookLayer::Sockets,
+                    "syscalls" => HookLayer::Syscalls,
+                    _ => die("--layer wants auto, sockets or syscalls"),
+                }
+            }
             "--wakeup-bytes" => {
                 cfg.wakeup_bytes = Some(val().parse().unwrap_or_else(|_| die("bad --wakeup-bytes")))
             }
@@ -341,7 +350,7 @@ fn main() {
             "--no-read-write" => cfg.plain_read_write = false,
             "--prog-stats" => prog_stats = true,
             "-h" | "--help" => {
-                eprintln!("usage: apx-capture-probe --pid PID [--duration SECS] [--header NAME]... [--key HEX32] [--known-key ID=TOKEN]... [--raw] [--quiet] [--prog-stats] [--wakeup-bytes N] [--object FILE] [--no-read-write]");
+                eprintln!("usage: apx-capture-probe --pid PID [--duration SECS] [--header NAME]... [--key HEX32] [--known-key ID=TOKEN]... [--raw] [--quiet] [--prog-stats] [--wakeup-bytes N] [--object FILE] [--no-read-write] [--layer auto|sockets|syscalls]");
                 return;
             }
             _ => die(&format!("unknown argument {a}")),
@@ -368,7 +377,8 @@ fn main() {
     };
     let mut cap = Capture::start(&cfg).unwrap_or_else(|e| die(&e.to_string()));
     eprintln!(
-        "{{\"event\":\"attached\",\"pid\":{pid},\"load_ms\":{:.1},\"load_attach_ms\":{:.1},\"listeners\":[{}]}}",
+        "{{\"event\":\"attached\",\"pid\":{pid},\"layer\":\"{}\",\"load_ms\":{:.1},\"load_attach_ms\":{:.1},\"listeners\":[{}]}}",
+        cap.layer().name(),
         cap.load_time.as_secs_f64() * 1e3,
         cap.attach_time.as_secs_f64() * 1e3,
         apx_capture::discover_listeners(pid)

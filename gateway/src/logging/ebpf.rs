@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use apx_capture::common::{self as common, RequestRecord, ResponseRecord};
-use apx_capture::{Capture, Exchange, Joiner};
+use apx_capture::{Capture, Exchange, HookLayer, Joiner};
 
 use super::capture::scheme_name;
 use super::collector::{JoinKey, KernelFeed};
@@ -27,6 +27,11 @@ const MAX_PENDING: usize = 8192;
 /// at least one page. For tests (a tiny ring to provoke drops) and tuning;
 /// the config has no setting for it.
 pub const RING_BYTES_ENV: &str = "APX_EBPF_RING_BYTES";
+/// Which kernel hooks to attach: `auto` (default: socket tracepoints where
+/// the kernel has them, else syscall tracepoints), `sockets` or
+/// `syscalls`. For tests (each layer end to end) and for falling back by
+/// hand; the config has no setting for it.
+pub const HOOKS_ENV: &str = "APX_EBPF_HOOKS";
 /// The programs' own ring buffer size (`EVENTS` in the kernel crate).
 const DEFAULT_RING_BYTES: u32 = 2 * 1024 * 1024;
 
@@ -89,6 +94,8 @@ pub struct EbpfCapture {
     clock: WallClock,
     evicted: u64,
     pub load_time: Duration,
+    /// The hooks that were attached.
+    pub layer: HookLayer,
 }
 
 impl EbpfCapture {
@@ -98,7 +105,9 @@ impl EbpfCapture {
             return Err(reason);
         }
         let ring_bytes = ring_bytes_from_env()?;
+        let layer = hooks_from_env()?;
         let config = apx_capture::Config {
+            layer,
             fingerprint_key: settings.fingerprint_key.bytes(),
             extra_headers: settings.extra_headers.clone(),
             listeners: vec![(settings.listener_fd, settings.listener_port)],
@@ -120,6 +129,7 @@ impl EbpfCapture {
         };
         let capture = Capture::start(&config).map_err(|err| err.0)?;
         let load_time = capture.attach_time;
+        let layer = capture.layer();
         Ok(EbpfCapture {
             capture,
             joiner: Joiner::new(),
@@ -127,6 +137,7 @@ impl EbpfCapture {
             clock: WallClock::measure(),
             evicted: 0,
             load_time,
+            layer,
         })
     }
 }
@@ -168,6 +179,18 @@ impl KernelFeed for EbpfCapture {
             ("kernel.records".into(), stats.records),
             ("kernel.unjoined_evicted".into(), self.evicted),
         ]
+    }
+}
+
+/// The hook layer asked for in `HOOKS_ENV` (`Auto` when unset).
+fn hooks_from_env() -> Result<HookLayer, String> {
+    match std::env::var(HOOKS_ENV).as_deref() {
+        Err(_) | Ok("auto") => Ok(HookLayer::Auto),
+        Ok("sockets") => Ok(HookLayer::Sockets),
+        Ok("syscalls") => Ok(HookLayer::Syscalls),
+        Ok(other) => Err(format!(
+            "{HOOKS_ENV}={other}: wants auto, sockets or syscalls"
+        )),
     }
 }
 

@@ -106,7 +106,8 @@ fn choose_capture(
     match (attempt, mode) {
         (Ok(capture), _) => {
             let reason = format!(
-                "eBPF programs loaded and attached in {} ms",
+                "eBPF programs loaded and attached on {} in {} ms",
+                capture.layer.name(),
                 capture.load_time.as_millis()
             );
             Ok((
