@@ -26,7 +26,7 @@ fn reports_every_check_on_this_machine() {
     let home = Home::new("doctor-here");
     let (code, report) = doctor_json(&home, &[]);
     for name in [
-        "kernel", "btf", "caps", "bpf", "memlock", "tracefs", "cgroup", "config", "port",
+        "kernel", "btf", "hooks", "caps", "bpf", "memlock", "tracefs", "cgroup", "config", "port",
     ] {
         let status = check(&report, name)["status"].as_str().unwrap().to_string();
         assert!(

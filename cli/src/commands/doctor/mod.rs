@@ -106,6 +106,7 @@ pub fn run(config_path: &Path, args: Args) -> anyhow::Result<()> {
 
     checks.push(kernel_check(&mut kernel));
     checks.push(btf_check(&btf_path, &mut kernel));
+    checks.push(hooks_check(&btf_path, &kernel));
     checks.push(caps_check(&mut kernel));
     checks.push(bpf_check(&mut kernel));
     checks.push(memlock_check(&kernel));
@@ -237,6 +238,41 @@ fn btf_check(path: &Path, kernel: &mut Kernel) -> Check {
             format!("{} is missing: eBPF capture needs kernel BTF", path.display()),
         )
         .fix("use a kernel built with CONFIG_DEBUG_INFO_BTF=y (most distribution kernels since 2020 are); user-space capture works without"),
+    }
+}
+
+/// Which hook layer eBPF capture will attach: the socket tracepoints
+/// (`sock_recv_length`/`sock_send_length`, Linux 6.4+) when the kernel's
+/// BTF names them, else the syscall tracepoints.
+fn hooks_check(btf_path: &Path, kernel: &Kernel) -> Check {
+    if !kernel.btf {
+        return check(
+            "hooks",
+            Status::Warn,
+            "not checked: no kernel BTF (see btf)",
+        );
+    }
+    let names_socket_hooks = std::fs::read(btf_path).is_ok_and(|btf| {
+        [
+            &b"btf_trace_sock_recv_length\0"[..],
+            b"btf_trace_sock_send_length\0",
+        ]
+        .iter()
+        .all(|name| btf.windows(name.len()).any(|w| w == *name))
+    });
+    if names_socket_hooks {
+        check(
+            "hooks",
+            Status::Pass,
+            "socket tracepoints (sock_recv_length/sock_send_length): capture costs nothing to other processes' syscalls",
+        )
+    } else {
+        check(
+            "hooks",
+            Status::Warn,
+            "no sock_recv_length/sock_send_length tracepoints (Linux < 6.4): capture uses syscall tracepoints, which put every process's syscalls on the tracing slow path while it runs",
+        )
+        .fix("a 6.4+ kernel lets capture hook sockets only; user-space capture has no kernel cost at all")
     }
 }
 
