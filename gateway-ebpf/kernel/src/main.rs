@@ -641,7 +641,6 @@ fn on_sock_io<const RESP: bool>(ctx: &BtfTracePointContext) {
         let nr = reg(regs, REGS_NR.load()) as u32;
         let a1 = reg(regs, REGS_ARG1.load());
         let a2 = reg(regs, REGS_ARG2.load());
-        (*c).fd = reg(regs, REGS_ARG0.load()) as u32;
         let (plain, vector, msg) = if RESP {
             (NR_WRITE.load(), NR_WRITEV.load(), NR_SENDMSG.load())
         } else {
@@ -652,6 +651,12 @@ fn on_sock_io<const RESP: bool>(ctx: &BtfTracePointContext) {
         } else {
             NR_RECVFROM.load()
         };
+        let known = nr == direct || nr == plain || nr == vector || nr == msg;
+        if known {
+            // The fd the gateway used (records carry it); not from io_uring
+            // or sendfile, whose first argument is something else.
+            (*c).fd = reg(regs, REGS_ARG0.load()) as u32;
+        }
         if nr == direct || nr == plain {
             parse_io::<RESP>(c, a1, 0, false, ret);
         } else if nr == vector {
