@@ -933,10 +933,19 @@ fn syscall_hook_layer_gives_the_same_records() {
     if !ebpf_tests_run("syscall_hook_layer_gives_the_same_records") {
         return;
     }
+    let text = run_child(
+        "every_call_gives_one_complete_kernel_record",
+        &[(apx_gateway::logging::ebpf::HOOKS_ENV, "syscalls")],
+    );
+    assert!(text.contains("1 passed"), "the child ran no test:\n{text}");
+}
+
+/// Runs one test of this binary in a child process with `env` set, and
+/// returns its output; panics if it failed.
+fn run_child(test: &str, env: &[(&str, &str)]) -> String {
     let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["every_call_gives_one_complete_kernel_record", "--exact"])
-        .args(["--nocapture", "--test-threads", "1"])
-        .env(apx_gateway::logging::ebpf::HOOKS_ENV, "syscalls")
+        .args([test, "--exact", "--nocapture", "--test-threads", "1"])
+        .envs(env.iter().copied())
         .output()
         .expect("the test binary runs");
     let text = format!(
@@ -945,7 +954,7 @@ fn syscall_hook_layer_gives_the_same_records() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "child failed:\n{text}");
-    assert!(text.contains("1 passed"), "the child ran no test:\n{text}");
+    text
 }
 
 /// A 4 KiB ring buffer holds one request record (2.2 KiB) at a time, so
@@ -965,19 +974,13 @@ fn ring_buffer_drops_are_counted() {
     if !ebpf_tests_run("ring_buffer_drops_are_counted") {
         return;
     }
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["ring_buffer_drops_are_counted", "--exact", "--nocapture"])
-        .args(["--test-threads", "1"])
-        .env(CHILD, "1")
-        .env(apx_gateway::logging::ebpf::RING_BYTES_ENV, "4096")
-        .output()
-        .expect("the test binary runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let text = run_child(
+        "ring_buffer_drops_are_counted",
+        &[
+            (CHILD, "1"),
+            (apx_gateway::logging::ebpf::RING_BYTES_ENV, "4096"),
+        ],
     );
-    assert!(out.status.success(), "child failed:\n{text}");
     let summary = text
         .lines()
         .find_map(|l| l.find("tiny ring:").map(|at| &l[at..]));

@@ -321,6 +321,28 @@ fn detach_socket_layer(ebpf: &mut Ebpf) {
     }
 }
 
+/// Loads (verifies) the classic tracepoint program `prog` and attaches it
+/// to `cat/name`, noting how long the verifier took.
+fn attach_tracepoint(
+    ebpf: &mut Ebpf,
+    prog: &'static str,
+    cat: &str,
+    name: &str,
+    prog_load: &mut Vec<(&'static str, Duration)>,
+) -> Result<(), Error> {
+    let started = Instant::now();
+    let p: &mut TracePoint = ebpf
+        .program_mut(prog)
+        .ok_or_else(|| Error(format!("program {prog} missing from the object")))?
+        .try_into()
+        .map_err(err(prog))?;
+    p.load()
+        .map_err(|e| Error(format!("verifying {prog}: {e:?}")))?;
+    prog_load.push((prog, started.elapsed()));
+    p.attach(cat, name).map_err(err(name))?;
+    Ok(())
+}
+
 fn attach_syscall_layer(
     ebpf: &mut Ebpf,
     cfg: &Config,
@@ -334,16 +356,7 @@ fn attach_syscall_layer(
         if !cfg.plain_read_write && PLAIN_READ_WRITE.contains(prog) {
             continue;
         }
-        let tp = Instant::now();
-        let p: &mut TracePoint = ebpf
-            .program_mut(prog)
-            .ok_or_else(|| Error(format!("program {prog} missing from the object")))?
-            .try_into()
-            .map_err(err(prog))?;
-        p.load()
-            .map_err(|e| Error(format!("verifying {prog}: {e:?}")))?;
-        prog_load.push((*prog, tp.elapsed()));
-        p.attach(cat, name).map_err(err(name))?;
+        attach_tracepoint(ebpf, prog, cat, name, prog_load)?;
     }
     Ok(())
 }
@@ -371,16 +384,7 @@ fn attach_socket_layer(
         p.attach().map_err(err(name))?;
     }
     for (prog, cat, name) in SOCKET_HOOKS {
-        let tp = Instant::now();
-        let p: &mut TracePoint = ebpf
-            .program_mut(prog)
-            .ok_or_else(|| Error(format!("program {prog} missing from the object")))?
-            .try_into()
-            .map_err(err(prog))?;
-        p.load()
-            .map_err(|e| Error(format!("verifying {prog}: {e:?}")))?;
-        prog_load.push((*prog, tp.elapsed()));
-        p.attach(cat, name).map_err(err(name))?;
+        attach_tracepoint(ebpf, prog, cat, name, prog_load)?;
     }
     Ok(())
 }
