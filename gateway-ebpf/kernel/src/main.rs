@@ -350,9 +350,7 @@ fn on_accept_exit(ctx: &TracePointContext) {
         Some(p) => c.info.local_port = *p,
         None => c.flags |= F_LOCAL_UNKNOWN,
     }
-    if !read_peer(a.ptr, c) {
-        c.flags |= F_ADDR_UNKNOWN;
-    }
+    read_peer(a.ptr, c);
 }
 
 /// A fresh `CONNS` entry under `key` (replacing a stale one), with its
@@ -386,34 +384,40 @@ fn next_conn_id() -> u64 {
 
 /// Peer address from the sockaddr the gateway passed to accept.
 #[inline(always)]
-fn read_peer(ptr: u64, c: &mut Conn) -> bool {
-    if ptr == 0 {
-        return false;
-    }
-    let Ok(sa) = (unsafe { aya_ebpf::helpers::bpf_probe_read_user(ptr as *const [u8; 24]) }) else {
-        return false;
+fn read_peer(ptr: u64, c: &mut Conn) {
+    let sa = match ptr {
+        0 => None,
+        _ => unsafe { aya_ebpf::helpers::bpf_probe_read_user(ptr as *const [u8; 24]) }.ok(),
+    };
+    let Some(sa) = sa else {
+        set_peer(c, 0, 0, &[0; 16]);
+        return;
     };
     let family = u16::from_le_bytes([sa[0], sa[1]]);
-    c.info.peer_port = u16::from_be_bytes([sa[2], sa[3]]);
+    let mut addr = [0u8; 16];
     if family == 2 {
-        c.info.family = 2;
-        c.info.peer_addr[0] = sa[4];
-        c.info.peer_addr[1] = sa[5];
-        c.info.peer_addr[2] = sa[6];
-        c.info.peer_addr[3] = sa[7];
-        true
-    } else if family == 10 {
-        c.info.family = 10;
-        let mut i = 0;
-        while i < 16 {
-            c.info.peer_addr[i] = sa[8 + i];
-            i += 1;
-        }
-        true
+        addr[..4].copy_from_slice(&sa[4..8]);
     } else {
-        c.info.peer_port = 0;
-        false
+        addr.copy_from_slice(&sa[8..24]);
     }
+    set_peer(c, family, u16::from_be_bytes([sa[2], sa[3]]), &addr);
+}
+
+/// The peer of a new connection: IPv4 (`family` 2, the first 4 bytes of
+/// `addr`) or IPv6 (10, all 16), network order, port in host order; any
+/// other family leaves it unknown (`F_ADDR_UNKNOWN`, port 0).
+#[inline(always)]
+fn set_peer(c: &mut Conn, family: u16, port: u16, addr: &[u8; 16]) {
+    match family {
+        2 => c.info.peer_addr[..4].copy_from_slice(&addr[..4]),
+        10 => c.info.peer_addr = *addr,
+        _ => {
+            c.flags |= F_ADDR_UNKNOWN;
+            return;
+        }
+    }
+    c.info.family = family;
+    c.info.peer_port = port;
 }
 
 // ---- reads and writes -------------------------------------------------------
@@ -640,40 +644,34 @@ fn on_sock_io<const RESP: bool>(ctx: &BtfTracePointContext) {
         let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const u8;
         let nr = reg(regs, REGS_NR.load()) as u32;
         let a1 = reg(regs, REGS_ARG1.load());
-        let a2 = reg(regs, REGS_ARG2.load());
-        let (plain, vector, msg) = if RESP {
-            (NR_WRITE.load(), NR_WRITEV.load(), NR_SENDMSG.load())
+        let (plain, direct, vector, msg) = if RESP {
+            (&NR_WRITE, &NR_SENDTO, &NR_WRITEV, &NR_SENDMSG)
         } else {
-            (NR_READ.load(), NR_READV.load(), NR_RECVMSG.load())
+            (&NR_READ, &NR_RECVFROM, &NR_READV, &NR_RECVMSG)
         };
-        let direct = if RESP {
-            NR_SENDTO.load()
-        } else {
-            NR_RECVFROM.load()
-        };
-        let known = nr == direct || nr == plain || nr == vector || nr == msg;
-        if known {
-            // The fd the gateway used (records carry it); not from io_uring
-            // or sendfile, whose first argument is something else.
-            (*c).fd = reg(regs, REGS_ARG0.load()) as u32;
-        }
-        if nr == direct || nr == plain {
-            parse_io::<RESP>(c, a1, 0, false, ret);
-        } else if nr == vector {
-            parse_io::<RESP>(c, a1, a2, true, ret);
-        } else if nr == msg {
+        // Where the bytes are: (pointer, iovec count, is a vector).
+        let buffers = if nr == plain.load() || nr == direct.load() {
+            Some((a1, 0, false))
+        } else if nr == vector.load() {
+            Some((a1, reg(regs, REGS_ARG2.load()), true))
+        } else if nr == msg.load() {
             // struct user_msghdr: msg_iov at 16, msg_iovlen at 24.
             let mut hdr = [0u64; 4];
-            if read_user(hdr.as_mut_ptr() as *mut u8, 32, a1) {
-                parse_io::<RESP>(c, hdr[2], hdr[3], true, ret);
-            } else if ret > 0 {
-                parse::skip_unseen(&mut *c, RESP, ret as u64, bpf_ktime_get_ns());
-            }
-        } else if ret > 0 {
-            // io_uring, sendfile, splice…: no user buffer to read here.
-            parse::skip_unseen(&mut *c, RESP, ret as u64, bpf_ktime_get_ns());
+            read_user(hdr.as_mut_ptr() as *mut u8, 32, a1).then_some((hdr[2], hdr[3], true))
         } else {
-            parse_io::<RESP>(c, 0, 0, false, ret);
+            // io_uring, sendfile, splice…: no user buffer to read here.
+            None
+        };
+        match buffers {
+            Some((ptr, cnt, vec)) => {
+                // The fd the gateway used (records carry it); io_uring's or
+                // sendfile's first argument is something else.
+                (*c).fd = reg(regs, REGS_ARG0.load()) as u32;
+                parse_io::<RESP>(c, ptr, cnt, vec, ret);
+            }
+            None if ret > 0 => parse::skip_unseen(&mut *c, RESP, ret as u64, bpf_ktime_get_ns()),
+            // End of stream or an error: only flags, no buffer needed.
+            None => parse_io::<RESP>(c, 0, 0, false, ret),
         }
     }
 }
@@ -710,23 +708,20 @@ fn learn_established(sk: u64) -> Option<*mut Conn> {
     let c = new_conn(sk)?;
     c.tgid = TARGET_TGID.load();
     c.info.local_port = local_port;
-    c.info.peer_port = u16::from_be_bytes([head[12], head[13]]);
-    let family = u16::from_ne_bytes([head[16], head[17]]);
-    let v4 = [head[0], head[1], head[2], head[3]];
+    let mut family = u16::from_ne_bytes([head[16], head[17]]);
+    let mut addr = [0u8; 16];
     if family == 2 {
-        c.info.family = 2;
-        c.info.peer_addr[..4].copy_from_slice(&v4);
-    } else if family == 10 && v4 != [0; 4] {
+        addr[..4].copy_from_slice(&head[..4]);
+    } else if family == 10 && head[..4] != [0; 4] {
         // A dual-stack socket with an IPv4 peer: ::ffff:a.b.c.d, as accept
         // would have reported it.
-        c.info.family = 10;
-        c.info.peer_addr[10] = 0xff;
-        c.info.peer_addr[11] = 0xff;
-        c.info.peer_addr[12..].copy_from_slice(&v4);
+        addr[10] = 0xff;
+        addr[11] = 0xff;
+        addr[12..].copy_from_slice(&head[..4]);
     } else {
-        c.info.peer_port = 0;
-        c.flags |= F_ADDR_UNKNOWN;
+        family = 0;
     }
+    set_peer(c, family, u16::from_be_bytes([head[12], head[13]]), &addr);
     Some(c as *mut Conn)
 }
 
@@ -776,26 +771,20 @@ fn on_sock_state(ctx: &TracePointContext) {
         let Some(c) = new_conn(sk) else { return };
         c.tgid = TARGET_TGID.load();
         c.info.local_port = sport;
-        c.info.peer_port = arg::<u16>(ctx, SS_DPORT).unwrap_or(0);
         let family = arg::<u16>(ctx, SS_FAMILY).unwrap_or(0);
-        if family == 2 {
-            if let Some(a) = arg::<[u8; 4]>(ctx, SS_DADDR) {
-                c.info.family = 2;
-                c.info.peer_addr[0] = a[0];
-                c.info.peer_addr[1] = a[1];
-                c.info.peer_addr[2] = a[2];
-                c.info.peer_addr[3] = a[3];
-                return;
-            }
-        } else if family == 10 {
-            if let Some(a) = arg::<[u8; 16]>(ctx, SS_DADDR_V6) {
-                c.info.family = 10;
-                c.info.peer_addr = a;
-                return;
-            }
+        // The IPv4 address has its own field (`daddr_v6` holds it mapped).
+        let addr = match family {
+            2 => arg::<[u8; 4]>(ctx, SS_DADDR).map(|v4| {
+                let mut a = [0u8; 16];
+                a[..4].copy_from_slice(&v4);
+                a
+            }),
+            _ => arg::<[u8; 16]>(ctx, SS_DADDR_V6),
+        };
+        match (addr, arg::<u16>(ctx, SS_DPORT)) {
+            (Some(addr), Some(port)) => set_peer(c, family, port, &addr),
+            _ => set_peer(c, 0, 0, &[0; 16]),
         }
-        c.info.peer_port = 0;
-        c.flags |= F_ADDR_UNKNOWN;
     } else if new == TCP_FIN_WAIT1 || new == TCP_LAST_ACK || new == TCP_CLOSE {
         let Some(c) = CONNS.get_ptr_mut(&sk) else {
             return;

@@ -304,6 +304,24 @@ fn aligned_copy(bytes: &[u8]) -> Vec<u8> {
     v
 }
 
+/// Registers a listening socket with both hook layers: its fd (`LISTENERS`,
+/// the syscall layer's accept) and its port (`LISTEN_PORTS`, the socket
+/// layer's connection state changes).
+fn add_listener(ebpf: &mut Ebpf, fd: u32, port: u16) -> Result<(), Error> {
+    let mut fds: BpfHashMap<_, u32, u16> = BpfHashMap::try_from(
+        ebpf.map_mut("LISTENERS")
+            .ok_or(Error("no LISTENERS map".into()))?,
+    )
+    .map_err(err("LISTENERS"))?;
+    fds.insert(fd, port, 0).map_err(err("LISTENERS insert"))?;
+    let mut ports: BpfHashMap<_, u16, u8> = BpfHashMap::try_from(
+        ebpf.map_mut("LISTEN_PORTS")
+            .ok_or(Error("no LISTEN_PORTS map".into()))?,
+    )
+    .map_err(err("LISTEN_PORTS"))?;
+    ports.insert(port, 1, 0).map_err(err("LISTEN_PORTS insert"))
+}
+
 /// Unloads whatever part of the socket layer was loaded (its links go
 /// with the programs), so a failed attempt leaves nothing attached.
 fn detach_socket_layer(ebpf: &mut Ebpf) {
@@ -454,27 +472,8 @@ impl Capture {
         } else {
             cfg.listeners.clone()
         };
-        {
-            let mut map: BpfHashMap<_, u32, u16> = BpfHashMap::try_from(
-                ebpf.map_mut("LISTENERS")
-                    .ok_or(Error("no LISTENERS map".into()))?,
-            )
-            .map_err(err("LISTENERS"))?;
-            for (fd, port) in &listeners {
-                map.insert(fd, port, 0).map_err(err("LISTENERS insert"))?;
-            }
-        }
-        {
-            let mut ports: BpfHashMap<_, u16, u8> = BpfHashMap::try_from(
-                ebpf.map_mut("LISTEN_PORTS")
-                    .ok_or(Error("no LISTEN_PORTS map".into()))?,
-            )
-            .map_err(err("LISTEN_PORTS"))?;
-            for (_, port) in &listeners {
-                ports
-                    .insert(port, 1, 0)
-                    .map_err(err("LISTEN_PORTS insert"))?;
-            }
+        for &(fd, port) in &listeners {
+            add_listener(&mut ebpf, fd, port)?;
         }
         if listeners.is_empty() && cfg.layer == HookLayer::Sockets {
             return Err(Error(
@@ -521,20 +520,7 @@ impl Capture {
 
     /// Tell the kernel side that `fd` listens on `port` (listener opened after start).
     pub fn register_listener(&mut self, fd: u32, port: u16) -> Result<(), Error> {
-        let mut map: BpfHashMap<_, u32, u16> = BpfHashMap::try_from(
-            self.ebpf
-                .map_mut("LISTENERS")
-                .ok_or(Error("no LISTENERS map".into()))?,
-        )
-        .map_err(err("LISTENERS"))?;
-        map.insert(fd, port, 0).map_err(err("LISTENERS insert"))?;
-        let mut ports: BpfHashMap<_, u16, u8> = BpfHashMap::try_from(
-            self.ebpf
-                .map_mut("LISTEN_PORTS")
-                .ok_or(Error("no LISTEN_PORTS map".into()))?,
-        )
-        .map_err(err("LISTEN_PORTS"))?;
-        ports.insert(port, 1, 0).map_err(err("LISTEN_PORTS insert"))
+        add_listener(&mut self.ebpf, fd, port)
     }
 
     /// The hook layer that was attached.

@@ -94,8 +94,6 @@ pub struct EbpfCapture {
     clock: WallClock,
     evicted: u64,
     pub load_time: Duration,
-    /// The hooks that were attached.
-    pub layer: HookLayer,
 }
 
 impl EbpfCapture {
@@ -129,7 +127,6 @@ impl EbpfCapture {
         };
         let capture = Capture::start(&config).map_err(|err| err.0)?;
         let load_time = capture.attach_time;
-        let layer = capture.layer();
         Ok(EbpfCapture {
             capture,
             joiner: Joiner::new(),
@@ -137,8 +134,14 @@ impl EbpfCapture {
             clock: WallClock::measure(),
             evicted: 0,
             load_time,
-            layer,
         })
+    }
+}
+
+impl EbpfCapture {
+    /// The hooks that were attached.
+    pub fn layer(&self) -> HookLayer {
+        self.capture.layer()
     }
 }
 

@@ -107,7 +107,7 @@ fn choose_capture(
         (Ok(capture), _) => {
             let reason = format!(
                 "eBPF programs loaded and attached on {} in {} ms",
-                capture.layer.name(),
+                capture.layer().name(),
                 capture.load_time.as_millis()
             );
             Ok((
