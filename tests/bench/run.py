@@ -1118,11 +1118,10 @@ def main() -> int:
                 targets.append(("nginx", nginx))
                 time.sleep(0.2)
                 results["settings"]["nginx_workers"] = len(nginx.pids()) - 1
-            # An eBPF-capture gateway attaches syscall tracepoints that every
-            # process on the machine passes through (the programs return at
-            # once for other processes, the tracepoint machinery still runs):
-            # it is started only for its own cells, so it does not tax the
-            # other targets' numbers.
+            # An eBPF-capture gateway's programs run for every process's
+            # socket I/O (syscall I/O on kernels before 6.4), returning at
+            # once for other processes: it is started only for its own
+            # cells, so it does not tax the other targets' numbers.
             ebpf_variants = {f"apx[{v.stem}]": v for v in variants
                              if variant_capture(v) == "ebpf"}
             for v in variants:
