@@ -957,7 +957,9 @@ fn run_child(test: &str, env: &[(&str, &str)]) -> String {
     text
 }
 
-/// A 4 KiB ring buffer holds one request record (2.2 KiB) at a time, so
+/// A 4 KiB ring buffer that wakes the collector only when full holds
+/// about three of this test's exchange records (each call fills eight
+/// capture slots with long values: ≈ 1.3 KiB packed), so bursts of
 /// concurrent calls lose records. Every loss is counted, and every call
 /// still has its record, marked partial where the kernel half was lost.
 /// Runs in a child process: the ring size comes from the environment.
@@ -979,6 +981,9 @@ fn ring_buffer_drops_are_counted() {
         &[
             (CHILD, "1"),
             (apx_gateway::logging::ebpf::RING_BYTES_ENV, "4096"),
+            // No early wake-up: the collector drains on its 50 ms timer,
+            // and each burst of calls overflows the ring.
+            (apx_gateway::logging::ebpf::WAKEUP_BYTES_ENV, "4096"),
         ],
     );
     let summary = text
@@ -989,7 +994,7 @@ fn ring_buffer_drops_are_counted() {
 
 async fn tiny_ring_child() {
     const CALLS: usize = 48;
-    const AT_ONCE: usize = 8;
+    const AT_ONCE: usize = 24;
     let mut gw = start_ebpf().await;
     let body = openai_body("gpt-test", false);
     for round in 0..CALLS / AT_ONCE {
@@ -1001,6 +1006,21 @@ async fn tiny_ring_child() {
                     &format!("ring-{}", round * AT_ONCE + i),
                 )
                 .header("authorization", &format!("Bearer {CLIENT_KEY}"));
+                // Long values in every capture slot that takes one: big
+                // records (≈ 1.3 KiB), so that the tiny ring overflows
+                // whatever the collector's timing.
+                let long = "v".repeat(apx_capture::common::VALUE_CAP);
+                let call_ = [
+                    "user-agent",
+                    "x-request-id",
+                    "traceparent",
+                    "anthropic-version",
+                    "mcp-session-id",
+                    "mcp-method",
+                    "mcp-name",
+                ]
+                .iter()
+                .fold(call_, |call_, name| call_.header(name, &long));
                 let addr = gw.addr;
                 tokio::spawn(async move { exchange(addr, &call_.bytes(addr)).await })
             })

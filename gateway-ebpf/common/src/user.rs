@@ -27,27 +27,63 @@ fn read_as<T: Copy>(bytes: &[u8]) -> Option<T> {
     Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr() as *const T) })
 }
 
-/// Copies a request record straight from the ring-buffer bytes into its
-/// heap box (no detour through the stack: the struct is 2.3 KB). The kernel
-/// sends only the slots up to the last one in use (`request_record_len`):
-/// the rest of the box is zeroed, as those slots were in the kernel.
-fn boxed_request(bytes: &[u8]) -> Option<Box<RequestRecord>> {
-    const SIZE: usize = core::mem::size_of::<RequestRecord>();
-    if bytes.len() < REQUEST_FIXED_LEN {
-        return None;
+/// Unpacks a request record (see [`RequestRecord`] for the packing) into
+/// its heap box, zeroing what the packed form leaves out, as those bytes
+/// were in the kernel. `None` when the bytes are too short for what the
+/// record says it carries.
+fn unpack_request(bytes: &[u8]) -> Option<Box<RequestRecord>> {
+    let head = bytes.get(..REQUEST_HEAD_LEN)?;
+    let mut boxed = Box::<RequestRecord>::new_zeroed();
+    // SAFETY: `head` is REQUEST_HEAD_LEN bytes, the start of a
+    // RequestRecord-sized allocation, which is zeroed; RequestRecord is a
+    // plain-old-data repr(C) struct of integers and byte arrays, valid for
+    // any bit pattern.
+    let mut record = unsafe {
+        core::ptr::copy_nonoverlapping(head.as_ptr(), boxed.as_mut_ptr() as *mut u8, head.len());
+        boxed.assume_init()
+    };
+    let path_bytes = packed_path_len(record.path_len);
+    let mut at = REQUEST_HEAD_LEN;
+    record.path[..path_bytes].copy_from_slice(bytes.get(at..at + path_bytes)?);
+    at += path_bytes;
+    for slot in 0..FIELD_SLOTS {
+        if record.slot_mask & (1 << slot) == 0 {
+            continue;
+        }
+        let len = u16::from_le_bytes([*bytes.get(at)?, *bytes.get(at + 1)?]);
+        let n = packed_field_len(len);
+        let piece = bytes.get(at..at + n)?;
+        // SAFETY: `n` ≤ size_of::<Field>() (packed_field_len's bound), and
+        // Field is a plain-old-data repr(C) struct.
+        unsafe {
+            let field = &mut record.fields[slot] as *mut Field as *mut u8;
+            core::ptr::copy_nonoverlapping(piece.as_ptr(), field, n);
+        }
+        at += n;
     }
-    let len = bytes.len().min(SIZE);
-    let mut boxed = Box::<RequestRecord>::new_uninit();
-    // SAFETY: the destination is a fresh allocation of SIZE bytes; `len` ≤
-    // SIZE bytes are copied in and the remaining SIZE − len are zeroed, so
-    // every byte is written; RequestRecord is a plain-old-data repr(C)
-    // struct of integers and byte arrays, valid for any bit pattern.
-    unsafe {
-        let dst = boxed.as_mut_ptr() as *mut u8;
-        core::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, len);
-        core::ptr::write_bytes(dst.add(len), 0, SIZE - len);
-        Some(boxed.assume_init())
+    (record.slot_mask >> FIELD_SLOTS == 0).then_some(record)
+}
+
+/// Packs a request record the way the kernel programs do (see
+/// [`RequestRecord`]): the reference the decoder is tested against, and
+/// for tools that write records.
+pub fn pack_request(record: &RequestRecord) -> Vec<u8> {
+    // SAFETY: a plain-old-data repr(C) struct, read as its bytes.
+    let bytes = unsafe {
+        core::slice::from_raw_parts(
+            record as *const RequestRecord as *const u8,
+            core::mem::size_of::<RequestRecord>(),
+        )
+    };
+    let mut out = bytes[..REQUEST_HEAD_LEN + packed_path_len(record.path_len)].to_vec();
+    for slot in 0..FIELD_SLOTS {
+        if record.slot_mask & (1 << slot) != 0 {
+            let start =
+                core::mem::offset_of!(RequestRecord, fields) + slot * core::mem::size_of::<Field>();
+            out.extend_from_slice(&bytes[start..start + packed_field_len(record.fields[slot].len)]);
+        }
     }
+    out
 }
 
 impl Record {
@@ -58,14 +94,14 @@ impl Record {
             return None;
         }
         match hdr.kind {
-            KIND_REQUEST => Some(Record::Request(boxed_request(bytes)?)),
+            KIND_REQUEST => Some(Record::Request(unpack_request(bytes)?)),
             KIND_RESPONSE => Some(Record::Response(read_as(bytes)?)),
             KIND_CLOSE => Some(Record::Close(read_as(bytes)?)),
             KIND_EXCHANGE => {
                 let mut response: ResponseRecord = read_as(bytes)?;
                 response.hdr.kind = KIND_RESPONSE;
                 let request = bytes.get(core::mem::size_of::<ResponseRecord>()..)?;
-                Some(Record::Exchange(boxed_request(request)?, response))
+                Some(Record::Exchange(unpack_request(request)?, response))
             }
             _ => None,
         }
@@ -331,8 +367,9 @@ mod tests {
     }
 
     /// Ring-buffer bytes of an exchange record whose request uses capture
-    /// slots up to `last_slot` (the kernel's cut).
-    fn exchange_bytes(conn_id: u64, seq: u32, last_slot: usize) -> Vec<u8> {
+    /// slot `slot` (and, when given, a second one), packed as the kernel
+    /// packs them.
+    fn exchange_bytes(conn_id: u64, seq: u32, slot: usize, value: &[u8]) -> Vec<u8> {
         let mut q: RequestRecord = unsafe { core::mem::zeroed() };
         q.hdr.kind = KIND_REQUEST;
         q.hdr.version = LAYOUT_VERSION;
@@ -340,11 +377,16 @@ mod tests {
         q.hdr.seq = seq;
         q.method[..4].copy_from_slice(b"POST");
         q.method_len = 4;
+        q.path[..3].copy_from_slice(b"/v1");
+        q.path_len = 3;
         q.creds[0].count = 1;
         q.creds[0].fp = 0x1234;
-        q.fields[last_slot].count = 1;
-        q.fields[last_slot].len = 3;
-        q.fields[last_slot].value[..3].copy_from_slice(b"abc");
+        q.slot_mask = 1 << slot;
+        q.fields[slot].count = 1;
+        q.fields[slot].len = value.len() as u16;
+        let kept = value.len().min(VALUE_CAP);
+        q.fields[slot].value[..kept].copy_from_slice(&value[..kept]);
+        q.fields[slot].truncated = (value.len() > VALUE_CAP) as u8;
         let mut r: ResponseRecord = unsafe { core::mem::zeroed() };
         r.hdr.kind = KIND_EXCHANGE;
         r.hdr.version = LAYOUT_VERSION;
@@ -352,31 +394,33 @@ mod tests {
         r.hdr.seq = seq;
         r.status = 200;
         let mut out = Vec::new();
-        // SAFETY: both are plain-old-data repr(C) structs, read as bytes.
+        // SAFETY: a plain-old-data repr(C) struct, read as bytes.
         unsafe {
             out.extend_from_slice(core::slice::from_raw_parts(
                 &r as *const ResponseRecord as *const u8,
                 core::mem::size_of::<ResponseRecord>(),
             ));
-            out.extend_from_slice(
-                &core::slice::from_raw_parts(
-                    &q as *const RequestRecord as *const u8,
-                    core::mem::size_of::<RequestRecord>(),
-                )[..request_record_len(&q)],
-            );
         }
+        out.extend_from_slice(&pack_request(&q));
         out
     }
 
     #[test]
-    fn exchange_records_decode_cut_and_join_at_once() {
-        for last_slot in [0, 3, FIELD_SLOTS - 1] {
-            let bytes = exchange_bytes(7, 2, last_slot);
+    fn exchange_records_decode_packed_and_join_at_once() {
+        let long = [b'x'; 300];
+        for (slot, value) in [
+            (0, &b"abc"[..]),
+            (3, b"12345678901"),
+            (FIELD_SLOTS - 1, &long),
+        ] {
+            let bytes = exchange_bytes(7, 2, slot, value);
+            let kept = value.len().min(VALUE_CAP);
             assert_eq!(
                 bytes.len(),
                 core::mem::size_of::<ResponseRecord>()
-                    + REQUEST_FIXED_LEN
-                    + (last_slot + 1) * core::mem::size_of::<Field>()
+                    + REQUEST_HEAD_LEN
+                    + 8
+                    + (4 + kept).div_ceil(8) * 8
             );
             let rec = Record::parse(&bytes).expect("decodes");
             assert_eq!(rec.header().kind, KIND_RESPONSE);
@@ -387,17 +431,21 @@ mod tests {
             let (q, r) = (out[0].request.as_ref().unwrap(), out[0].response.unwrap());
             assert_eq!((out[0].conn_id, out[0].seq, r.status), (7, 2, 200));
             assert_eq!(q.method(), "POST");
+            assert_eq!(q.path(), "/v1");
             assert_eq!(q.creds[0].fp, 0x1234);
-            assert_eq!(q.field(last_slot).as_deref(), Some("abc"));
-            for other in (0..FIELD_SLOTS).filter(|&i| i != last_slot) {
+            assert_eq!(q.field(slot).unwrap().as_bytes(), &value[..kept]);
+            assert_eq!(q.fields[slot].len as usize, value.len());
+            assert_eq!(q.fields[slot].truncated, (value.len() > VALUE_CAP) as u8);
+            for other in (0..FIELD_SLOTS).filter(|&i| i != slot) {
                 assert_eq!(q.field(other), None);
             }
+            // Every cut short of the whole record is refused, not misread.
+            for cut in core::mem::size_of::<ResponseRecord>()..bytes.len() {
+                assert!(Record::parse(&bytes[..cut]).is_none(), "cut at {cut}");
+            }
         }
-        // Shorter than the request's fixed part: not a record.
-        let bytes = exchange_bytes(7, 2, 0);
-        let short = core::mem::size_of::<ResponseRecord>() + REQUEST_FIXED_LEN - 1;
-        assert!(Record::parse(&bytes[..short]).is_none());
-        // A request record alone, cut the same way, joins its response.
+        // A request record alone, packed the same way, joins its response.
+        let bytes = exchange_bytes(7, 2, 0, b"abc");
         let request = &bytes[core::mem::size_of::<ResponseRecord>()..];
         let mut joiner = Joiner::new();
         assert!(joiner.push(Record::parse(request).unwrap()).is_empty());
@@ -407,6 +455,49 @@ mod tests {
             out[0].request.as_ref().unwrap().field(0).as_deref(),
             Some("abc")
         );
+    }
+
+    #[test]
+    fn packed_requests_round_trip_every_slot_and_path_length() {
+        for path_len in [0u16, 1, 7, 8, 9, 255, 256, 257, 4000] {
+            let mut q: RequestRecord = unsafe { core::mem::zeroed() };
+            q.hdr.kind = KIND_REQUEST;
+            q.hdr.version = LAYOUT_VERSION;
+            q.path_len = path_len;
+            for (i, b) in q.path.iter_mut().take(path_len as usize).enumerate() {
+                *b = b'a' + (i % 26) as u8;
+            }
+            for slot in (0..FIELD_SLOTS).step_by(3) {
+                q.slot_mask |= 1 << slot;
+                let f = &mut q.fields[slot];
+                f.count = 1;
+                f.len = (slot * 11) as u16;
+                for (i, b) in f.value.iter_mut().take(f.len as usize).enumerate() {
+                    *b = b'0' + (i % 10) as u8;
+                }
+            }
+            let packed = pack_request(&q);
+            assert_eq!(packed.len() % 8, 0);
+            let back = match Record::parse(&packed) {
+                Some(Record::Request(r)) => r,
+                _ => panic!("path_len {path_len}: not decoded"),
+            };
+            // SAFETY: plain-old-data structs compared as bytes.
+            let as_bytes = |r: &RequestRecord| unsafe {
+                core::slice::from_raw_parts(
+                    r as *const RequestRecord as *const u8,
+                    core::mem::size_of::<RequestRecord>(),
+                )
+                .to_vec()
+            };
+            assert!(as_bytes(&back) == as_bytes(&q), "path_len {path_len}");
+        }
+        // Slot bits past the last slot: not a record of this layout.
+        let mut q: RequestRecord = unsafe { core::mem::zeroed() };
+        q.hdr.kind = KIND_REQUEST;
+        q.hdr.version = LAYOUT_VERSION;
+        q.slot_mask = 1 << FIELD_SLOTS;
+        assert!(Record::parse(&pack_request(&q)).is_none());
     }
 
     #[test]

@@ -183,6 +183,11 @@ static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 /// written).
 #[map]
 static ZERO: Array<Conn> = Array::with_max_entries(1, 0);
+/// Per-CPU scratch where a record's request is packed before it is sent
+/// (`parse::emit_packed`): offsets below `PACK_MASK`, each piece at most a
+/// whole request record long.
+#[map]
+pub(crate) static PACK: PerCpuArray<parse::Pack> = PerCpuArray::with_max_entries(1, 0);
 /// Counters, see apx_capture_common::stats.
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stats::COUNT, 0);

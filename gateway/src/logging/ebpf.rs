@@ -27,6 +27,11 @@ const MAX_PENDING: usize = 8192;
 /// at least one page. For tests (a tiny ring to provoke drops) and tuning;
 /// the config has no setting for it.
 pub const RING_BYTES_ENV: &str = "APX_EBPF_RING_BYTES";
+/// Pending bytes at which the programs wake the collector, instead of a
+/// quarter of the ring. For tests (at the ring's size the collector drains
+/// only on its timer, so a burst overflows a tiny ring whatever the thread
+/// timing) and tuning; the config has no setting for it.
+pub const WAKEUP_BYTES_ENV: &str = "APX_EBPF_WAKEUP_BYTES";
 /// Which kernel hooks to attach: `auto` (default: socket tracepoints where
 /// the kernel has them, else syscall tracepoints), `sockets` or
 /// `syscalls`. For tests (each layer end to end) and for falling back by
@@ -122,7 +127,10 @@ impl EbpfCapture {
             // it only when a quarter of the ring is pending: measured ~2–4
             // µs per request less than at 64 KiB, still leaving 3/4 of the
             // ring for the time the collector takes to come round.
-            wakeup_bytes: Some(u64::from(ring_bytes.unwrap_or(DEFAULT_RING_BYTES)) / 4),
+            wakeup_bytes: Some(
+                wakeup_bytes_from_env()?
+                    .unwrap_or(u64::from(ring_bytes.unwrap_or(DEFAULT_RING_BYTES)) / 4),
+            ),
             ..apx_capture::Config::for_pid(std::process::id())
         };
         let capture = Capture::start(&config).map_err(|err| err.0)?;
@@ -209,6 +217,19 @@ fn ring_bytes_from_env() -> Result<Option<u32>, String> {
         Ok(bytes) if bytes.is_power_of_two() && bytes >= page => Ok(Some(bytes)),
         _ => Err(format!(
             "{RING_BYTES_ENV}={text}: wants a power of two of at least {page} bytes"
+        )),
+    }
+}
+
+/// The wake-up threshold asked for in `WAKEUP_BYTES_ENV`, if any.
+fn wakeup_bytes_from_env() -> Result<Option<u64>, String> {
+    let Ok(text) = std::env::var(WAKEUP_BYTES_ENV) else {
+        return Ok(None);
+    };
+    match text.trim().parse::<u64>() {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(_) => Err(format!(
+            "{WAKEUP_BYTES_ENV}={text}: wants a number of bytes"
         )),
     }
 }
