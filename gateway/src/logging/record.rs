@@ -118,24 +118,46 @@ impl CallEntry {
     }
 }
 
+const METHODS: [&str; 9] = [
+    "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE",
+];
+const VERSIONS: [&str; 5] = ["HTTP/1.1", "HTTP/1.0", "HTTP/2.0", "HTTP/3.0", "HTTP/0.9"];
+
+/// `text` as one of the `known` static strings when it is one, else owned.
+fn shared_text(known: &[&'static str], text: &str) -> Cow<'static, str> {
+    match known.iter().find(|known| **known == text) {
+        Some(known) => Cow::Borrowed(known),
+        None => Cow::Owned(text.to_string()),
+    }
+}
+
+/// [`shared_text`] of raw bytes (invalid UTF-8 replaced): the usual names
+/// are found without making a `String` first.
+fn shared_bytes(known: &[&'static str], bytes: &[u8]) -> Cow<'static, str> {
+    match known.iter().find(|known| known.as_bytes() == bytes) {
+        Some(known) => Cow::Borrowed(known),
+        None => Cow::Owned(String::from_utf8_lossy(bytes).into_owned()),
+    }
+}
+
 /// HTTP method names as shared static text (no allocation for the usual ones).
 pub fn method_name(method: &str) -> Cow<'static, str> {
-    const KNOWN: [&str; 9] = [
-        "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE",
-    ];
-    match KNOWN.iter().find(|known| **known == method) {
-        Some(known) => Cow::Borrowed(known),
-        None => Cow::Owned(method.to_string()),
-    }
+    shared_text(&METHODS, method)
+}
+
+/// [`method_name`] of the bytes the kernel captured.
+pub fn method_name_bytes(method: &[u8]) -> Cow<'static, str> {
+    shared_bytes(&METHODS, method)
 }
 
 /// HTTP version text as shared static text for the usual ones.
 pub fn version_name(version: &str) -> Cow<'static, str> {
-    const KNOWN: [&str; 5] = ["HTTP/1.1", "HTTP/1.0", "HTTP/2.0", "HTTP/3.0", "HTTP/0.9"];
-    match KNOWN.iter().find(|known| **known == version) {
-        Some(known) => Cow::Borrowed(known),
-        None => Cow::Owned(version.to_string()),
-    }
+    shared_text(&VERSIONS, version)
+}
+
+/// [`version_name`] of the bytes the kernel captured.
+pub fn version_name_bytes(version: &[u8]) -> Cow<'static, str> {
+    shared_bytes(&VERSIONS, version)
 }
 
 /// One call, as stored and shown by `apx logs`.
@@ -257,4 +279,34 @@ impl CallRecord {
 
 fn nonempty(text: &str) -> Option<&str> {
     (!text.is_empty()).then_some(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// From bytes, the same text as from the lossy `String` the kernel
+    /// record's accessors make, shared for the usual names.
+    #[test]
+    fn names_from_bytes_match_names_from_text() {
+        let cases: [&[u8]; 7] = [
+            b"POST",
+            b"GET",
+            b"HTTP/1.1",
+            b"BREW",
+            b"",
+            b"P\xffST",
+            b"HTTP/1.1 ",
+        ];
+        for bytes in cases {
+            let text = String::from_utf8_lossy(bytes);
+            assert_eq!(method_name_bytes(bytes), method_name(&text));
+            assert_eq!(version_name_bytes(bytes), version_name(&text));
+        }
+        assert!(matches!(method_name_bytes(b"POST"), Cow::Borrowed("POST")));
+        assert!(matches!(
+            version_name_bytes(b"HTTP/1.0"),
+            Cow::Borrowed("HTTP/1.0")
+        ));
+    }
 }

@@ -26,7 +26,12 @@
 //! ```
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
+use std::sync::OnceLock;
+
+use foldhash::SharedSeed;
+use foldhash::fast::SeedableRandomState;
 
 use crate::logging::record::{CallEntry, CallRecord, Capture, CredentialSeen};
 
@@ -137,9 +142,11 @@ impl Term<'_> {
     }
 }
 
-fn count_terms<'r>(record: &'r CallEntry, counts: &mut HashMap<Term<'r>, u64>) {
+/// The terms of one call, in a fixed order (absent ones `None`), so that
+/// each position can be compared with the previous call's.
+fn call_terms(record: &CallEntry) -> [Option<Term<'_>>; TERM_KINDS] {
     let facts = &record.facts;
-    let terms = [
+    [
         Some(Term::Capture(record.capture)),
         record.partial.then_some(Term::Partial),
         facts.key_id.as_deref().map(Term::Key),
@@ -147,10 +154,72 @@ fn count_terms<'r>(record: &'r CallEntry, counts: &mut HashMap<Term<'r>, u64>) {
         facts.model.as_deref().map(Term::Model),
         record.status.map(Term::Status),
         record.status.map(|s| Term::Class(s / 100)),
-    ];
-    for term in terms.into_iter().flatten() {
-        *counts.entry(term).or_insert(0) += 1;
+    ]
+}
+
+const TERM_KINDS: usize = 7;
+
+/// Counts the terms of a block's calls. Consecutive calls mostly share
+/// their terms (same key, model, status), so each term is first compared
+/// with the previous call's at the same position and looked up only when
+/// it differs.
+struct TermCounts<'r> {
+    counts: Vec<(Term<'r>, u64)>,
+    index: HashMap<Term<'r>, usize, SeedableRandomState>,
+    last: [Option<(Term<'r>, usize)>; TERM_KINDS],
+}
+
+impl<'r> TermCounts<'r> {
+    fn new(hasher: SeedableRandomState) -> Self {
+        TermCounts {
+            counts: Vec::new(),
+            index: HashMap::with_hasher(hasher),
+            last: [None; TERM_KINDS],
+        }
     }
+
+    fn count(&mut self, record: &'r CallEntry) {
+        for (term, last) in call_terms(record).into_iter().zip(&mut self.last) {
+            let Some(term) = term else { continue };
+            let at = match *last {
+                Some((seen, at)) if seen == term => at,
+                _ => {
+                    let counts = &mut self.counts;
+                    let at = *self.index.entry(term).or_insert_with(|| {
+                        counts.push((term, 0));
+                        counts.len() - 1
+                    });
+                    *last = Some((term, at));
+                    at
+                }
+            };
+            self.counts[at].1 += 1;
+        }
+    }
+
+    fn texts(self) -> Vec<(String, u64)> {
+        let mut terms: Vec<(String, u64)> = self
+            .counts
+            .into_iter()
+            .map(|(term, n)| (term.text(), n))
+            .collect();
+        terms.sort_unstable();
+        terms
+    }
+}
+
+/// A hasher for one block's tables. Paths and header values are chosen by
+/// whoever sends requests, so the hash must not be predictable (or they
+/// could make one batch's table collide): foldhash, keyed from the
+/// standard library's random keys (the OS's randomness), not SipHash,
+/// which cost the writer more than the rest of the encoding. A fresh
+/// per-block seed, and nothing about the hashes is observable outside
+/// the writer thread.
+fn block_hasher() -> SeedableRandomState {
+    static SHARED: OnceLock<SharedSeed> = OnceLock::new();
+    let random = || RandomState::new().hash_one(0x6170_785f_626c_6f63_u64);
+    let shared = SHARED.get_or_init(|| SharedSeed::from_u64(random()));
+    SeedableRandomState::with_seed(random(), shared)
 }
 
 /// Encodes batches into blocks. Kept by the writer so its buffers are
@@ -167,11 +236,13 @@ impl BlockEncoder {
     pub fn encode(&mut self, records: &[CallEntry]) -> (&[u8], BlockSummary) {
         self.strings.clear();
         self.records.clear();
-        // The standard (randomly keyed) hasher: paths and header values are
-        // chosen by whoever sends requests, so a predictable hash would let
-        // them make one batch's table collide.
-        let mut table: HashMap<&str, u64> = HashMap::new();
-        let mut terms: HashMap<Term<'_>, u64> = HashMap::new();
+        let hasher = block_hasher();
+        let mut table = StringTable {
+            index: HashMap::with_hasher(hasher.clone()),
+            bytes: &mut self.strings,
+            last: [None; CACHED_PLACES],
+        };
+        let mut terms = TermCounts::new(hasher);
         let mut summary = BlockSummary {
             count: records.len(),
             first_ns: records.first().map_or(0, |r| r.time_unix_ns),
@@ -182,11 +253,8 @@ impl BlockEncoder {
         for record in records {
             summary.first_ns = summary.first_ns.min(record.time_unix_ns);
             summary.last_ns = summary.last_ns.max(record.time_unix_ns);
-            count_terms(record, &mut terms);
-            let mut strings = StringTable {
-                table: &mut table,
-                bytes: &mut self.strings,
-            };
+            terms.count(record);
+            let strings = &mut table;
             let out = &mut self.records;
             let facts = &record.facts;
             let capture = match record.capture {
@@ -221,22 +289,22 @@ impl BlockEncoder {
             put_varint(out, present);
             put_varint(out, zigzag(record.time_unix_ns.wrapping_sub(previous_ns)));
             previous_ns = record.time_unix_ns;
-            strings.put(out, &record.method);
-            strings.put(out, &record.path);
-            strings.put(out, &record.http_version);
+            strings.put_at(out, &record.method, Place::METHOD);
+            strings.put_at(out, &record.path, Place::PATH);
+            strings.put_at(out, &record.http_version, Place::VERSION);
             put_varint(out, record.notes.len() as u64);
             for note in &record.notes {
                 strings.put(out, note);
             }
             put_varint(out, record.headers.len() as u64);
-            for (name, value) in &record.headers {
-                strings.put(out, name);
-                strings.put(out, value);
+            for (i, (name, value)) in record.headers.iter().enumerate() {
+                strings.put_at(out, name, Place::header_name(i));
+                strings.put_at(out, value, Place::header_value(i));
             }
             put_varint(out, record.credentials.len() as u64);
-            for credential in &record.credentials {
-                strings.put(out, credential.header);
-                strings.put(out, credential.scheme);
+            for (i, credential) in record.credentials.iter().enumerate() {
+                strings.put_at(out, credential.header, Place::credential_header(i));
+                strings.put_at(out, credential.scheme, Place::credential_scheme(i));
                 out.extend_from_slice(&credential.fingerprint.to_le_bytes());
             }
             if let Some((ip, port)) = record.client {
@@ -272,14 +340,16 @@ impl BlockEncoder {
                 facts.provider.as_deref(),
                 facts.provider_kind,
             ];
-            for text in texts.into_iter().flatten() {
-                strings.put(out, text);
+            for (i, text) in texts.into_iter().enumerate() {
+                if let Some(text) = text {
+                    strings.put_at(out, text, Place::fact(i));
+                }
             }
             if let Some(status) = facts.upstream_status {
                 put_varint(out, u64::from(status));
             }
             if let Some(error) = facts.error {
-                strings.put(out, error);
+                strings.put_at(out, error, Place::ERROR);
             }
             for number in [record.input_tokens, record.output_tokens]
                 .into_iter()
@@ -288,9 +358,8 @@ impl BlockEncoder {
                 put_varint(out, number);
             }
         }
-        let string_count = table.len() as u64;
-        summary.terms = terms.into_iter().map(|(t, n)| (t.text(), n)).collect();
-        summary.terms.sort_unstable();
+        let string_count = table.index.len() as u64;
+        summary.terms = terms.texts();
         self.block.clear();
         self.block.push(FORMAT);
         put_varint(&mut self.block, string_count);
@@ -304,21 +373,98 @@ impl BlockEncoder {
 /// The block's string table while it is being built.
 struct StringTable<'t, 'r> {
     /// Each string's index: the order it was first seen.
-    table: &'t mut HashMap<&'r str, u64>,
+    index: HashMap<&'r str, u64, SeedableRandomState>,
     bytes: &'t mut Vec<u8>,
+    /// The string last stored at each [`Place`] of a call, with its index.
+    last: [Option<(&'r str, u64)>; CACHED_PLACES],
 }
+
+/// A place in a call whose string is usually the previous call's: the
+/// same shared text (header names, key, model: one `Arc<str>` for every
+/// call) or equal text (method, path, most header values). Comparing with
+/// the previous call's string there (a pointer, else the bytes) finds its
+/// index without hashing it.
+struct Place;
+
+impl Place {
+    const METHOD: usize = 0;
+    const PATH: usize = 1;
+    const VERSION: usize = 2;
+    const ERROR: usize = 3;
+    const FACTS: usize = 4;
+    const FACT_PLACES: usize = 6;
+    const CREDENTIALS: usize = Self::FACTS + Self::FACT_PLACES;
+    const CREDENTIAL_PLACES: usize = apx_capture_common::CRED_SLOTS;
+    const HEADERS: usize = Self::CREDENTIALS + 2 * Self::CREDENTIAL_PLACES;
+    const HEADER_PLACES: usize = apx_capture_common::FIELD_SLOTS;
+    const END: usize = Self::HEADERS + 2 * Self::HEADER_PLACES;
+
+    fn fact(i: usize) -> usize {
+        Self::within(Self::FACTS, i, Self::FACT_PLACES)
+    }
+    fn credential_header(i: usize) -> usize {
+        Self::within(Self::CREDENTIALS, 2 * i, 2 * Self::CREDENTIAL_PLACES)
+    }
+    fn credential_scheme(i: usize) -> usize {
+        Self::within(Self::CREDENTIALS, 2 * i + 1, 2 * Self::CREDENTIAL_PLACES)
+    }
+    fn header_name(i: usize) -> usize {
+        Self::within(Self::HEADERS, 2 * i, 2 * Self::HEADER_PLACES)
+    }
+    fn header_value(i: usize) -> usize {
+        Self::within(Self::HEADERS, 2 * i + 1, 2 * Self::HEADER_PLACES)
+    }
+    /// `first + i`, or [`NOWHERE`] past `places`.
+    fn within(first: usize, i: usize, places: usize) -> usize {
+        if i < places { first + i } else { NOWHERE }
+    }
+}
+
+const CACHED_PLACES: usize = Place::END;
+/// A place without a cache entry: the string is looked up.
+const NOWHERE: usize = usize::MAX;
 
 impl<'r> StringTable<'_, 'r> {
     /// Writes a reference to `text` into `out`, adding it to the table the
     /// first time it is seen.
     fn put(&mut self, out: &mut Vec<u8>, text: &'r str) {
-        let next = self.table.len() as u64;
-        let index = *self.table.entry(text).or_insert_with(|| {
-            put_varint(self.bytes, text.len() as u64);
-            self.bytes.extend_from_slice(text.as_bytes());
-            next
-        });
+        let index = Self::add(&mut self.index, self.bytes, text);
         put_varint(out, index);
+    }
+
+    /// [`put`](Self::put) for the string at `place` in a call.
+    fn put_at(&mut self, out: &mut Vec<u8>, text: &'r str, place: usize) {
+        let Some(last) = self.last.get_mut(place) else {
+            return self.put(out, text);
+        };
+        let index = match *last {
+            Some((seen, index))
+                if std::ptr::eq(seen.as_ptr(), text.as_ptr()) && seen.len() == text.len()
+                    || seen == text =>
+            {
+                index
+            }
+            _ => {
+                let index = Self::add(&mut self.index, self.bytes, text);
+                self.last[place] = Some((text, index));
+                index
+            }
+        };
+        put_varint(out, index);
+    }
+
+    /// The index of `text`, added to the table if it is new.
+    fn add(
+        index: &mut HashMap<&'r str, u64, SeedableRandomState>,
+        bytes: &mut Vec<u8>,
+        text: &'r str,
+    ) -> u64 {
+        let next = index.len() as u64;
+        *index.entry(text).or_insert_with(|| {
+            put_varint(bytes, text.len() as u64);
+            bytes.extend_from_slice(text.as_bytes());
+            next
+        })
     }
 }
 
@@ -675,6 +821,39 @@ mod tests {
         let text = String::from_utf8_lossy(&block);
         assert_eq!(text.matches("user-agent").count(), 1);
         assert_eq!(text.matches("alice").count(), 1);
+    }
+
+    /// Strings that change from call to call at the same place (model,
+    /// header order, more headers than the places remembered) are still
+    /// stored once and read back where they were.
+    #[test]
+    fn strings_that_change_place_round_trip() {
+        let names: Vec<Arc<str>> = (0..20).map(|i| Arc::from(format!("x-h{i}"))).collect();
+        let entries: Vec<CallEntry> = (0..6i64)
+            .map(|i| {
+                let mut entry = full(i);
+                entry.facts.model = Some(Arc::from(["ma", "mb"][i as usize % 2]));
+                entry.headers = (0..20)
+                    .map(|h| {
+                        let h = if i % 2 == 0 { h } else { 19 - h };
+                        (names[h].clone(), format!("value-{}", h % 3))
+                    })
+                    .collect();
+                entry
+            })
+            .collect();
+        let mut encoder = BlockEncoder::default();
+        let block = encoder.encode(&entries).0.to_vec();
+        let wanted: Vec<CallRecord> = entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| expected(e, i as i64))
+            .collect();
+        assert_eq!(decode(&block, 0).unwrap(), wanted);
+        let text = String::from_utf8_lossy(&block);
+        for once in ["x-h0", "x-h19", "value-2", "ma", "mb", "key_1"] {
+            assert_eq!(text.matches(once).count(), 1, "{once}");
+        }
     }
 
     #[test]
