@@ -10,11 +10,12 @@
 //! `tap-sse` (reading token usage from the benchmark's responses, per
 //! response).
 
-use std::borrow::Cow;
-use std::hint::black_box;
-use std::sync::Arc;
+#[path = "common/bench_calls.rs"]
+mod bench_calls;
 
-use apx_gateway::logging::record::{CallEntry, Capture, CredentialEntry, GatewayFacts};
+use std::hint::black_box;
+
+use apx_gateway::logging::record::CallEntry;
 use apx_gateway::logging::usage::{TapMode, UsageTap};
 use apx_gateway::store::logs::block::BlockEncoder;
 use bytes::Bytes;
@@ -40,60 +41,6 @@ fn sse_frames() -> Vec<Bytes> {
         "data: {prefix}[],\"usage\":{{\"prompt_tokens\":12,\"completion_tokens\":5,\"total_tokens\":17,\"prompt_tokens_details\":{{\"cached_tokens\":0,\"audio_tokens\":0}},\"completion_tokens_details\":{{\"reasoning_tokens\":0,\"audio_tokens\":0,\"accepted_prediction_tokens\":0,\"rejected_prediction_tokens\":0}}}}}}\n\ndata: [DONE]\n\n"
     )));
     frames
-}
-
-/// Calls as the eBPF drain and the gateway make them: shared header
-/// names and gateway facts, a path and header values of their own.
-fn entries(rows: usize) -> Vec<CallEntry> {
-    let names: Vec<Arc<str>> = ["host", "user-agent", "content-type", "content-length"]
-        .into_iter()
-        .map(Arc::from)
-        .collect();
-    let facts = GatewayFacts {
-        key_id: Some(Arc::from("key_0123456789")),
-        key_name: Some(Arc::from("bench")),
-        model: Some(Arc::from("bench-model")),
-        upstream_model: Some(Arc::from("bench-model")),
-        provider: Some(Arc::from("mock")),
-        provider_kind: Some("openai"),
-        upstream_status: Some(200),
-        ..GatewayFacts::default()
-    };
-    (0..rows)
-        .map(|i| CallEntry {
-            capture: Some(Capture::Ebpf),
-            time_unix_ns: 1_760_000_000_000_000_000 + i as i64 * 50_000,
-            client: Some((
-                "127.0.0.1".parse().expect("literal address"),
-                40_000 + (i % 20_000) as u16,
-            )),
-            server_port: Some(8080),
-            method: Cow::Borrowed("POST"),
-            path: "/v1/chat/completions".to_string(),
-            http_version: Cow::Borrowed("HTTP/1.1"),
-            status: Some(200),
-            duration_ns: Some(900_000),
-            response_start_ns: Some(850_000),
-            first_chunk_ns: Some(840_000),
-            request_bytes: Some(84),
-            response_bytes: Some(310),
-            headers: vec![
-                (names[0].clone(), "127.0.0.1:8080".to_string()),
-                (names[1].clone(), "OpenAI/Python 3.51.0".to_string()),
-                (names[2].clone(), "application/json".to_string()),
-                (names[3].clone(), "84".to_string()),
-            ],
-            credentials: vec![CredentialEntry {
-                header: "authorization",
-                scheme: "bearer",
-                fingerprint: 0x0123_4567_89ab_cdef,
-            }],
-            facts: facts.clone(),
-            input_tokens: Some(12),
-            output_tokens: Some(30),
-            ..CallEntry::default()
-        })
-        .collect()
 }
 
 #[inline(never)]
@@ -130,7 +77,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or(10_000);
     match part.as_str() {
         "encode" => {
-            let calls = entries(n);
+            let calls = bench_calls::bench_calls(n, 1_760_000_000_000_000_000);
             let mut encoder = BlockEncoder::default();
             println!("encode bytes={}", run_encode(&mut encoder, &calls));
         }

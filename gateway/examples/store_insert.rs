@@ -8,11 +8,12 @@
 //! The benchmark (`tests/bench/run.py`) runs it to put the store's share of
 //! the logging cost next to the per-request numbers.
 
-use std::borrow::Cow;
-use std::sync::Arc;
+#[path = "common/bench_calls.rs"]
+mod bench_calls;
+
 use std::time::Instant;
 
-use apx_gateway::logging::record::{CallEntry, Capture, CredentialEntry, GatewayFacts};
+use apx_gateway::logging::record::CallEntry;
 use apx_gateway::store::logs::LogStore;
 
 fn cpu_seconds() -> f64 {
@@ -31,59 +32,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or(200_000);
     let dir = std::env::temp_dir().join(format!("apx-store-insert-{}", std::process::id()));
     let mut store = LogStore::open(&dir.join("logs.db"))?;
-    let names: Vec<Arc<str>> = ["host", "user-agent", "content-type", "content-length"]
-        .into_iter()
-        .map(Arc::from)
-        .collect();
-    let facts = GatewayFacts {
-        key_id: Some(Arc::from("key_0123456789")),
-        key_name: Some(Arc::from("bench")),
-        model: Some(Arc::from("bench-model")),
-        upstream_model: Some(Arc::from("bench-model")),
-        provider: Some(Arc::from("mock")),
-        provider_kind: Some("openai"),
-        upstream_status: Some(200),
-        ..GatewayFacts::default()
-    };
     let base = apx_gateway::time::unix_nanos(std::time::SystemTime::now());
-    let entry = |i: usize| CallEntry {
-        capture: Some(Capture::Ebpf),
-        time_unix_ns: base + i as i64 * 50_000,
-        client: Some((
-            "127.0.0.1".parse().expect("literal address"),
-            40_000 + (i % 20_000) as u16,
-        )),
-        server_port: Some(8080),
-        method: Cow::Borrowed("POST"),
-        path: "/v1/chat/completions".to_string(),
-        http_version: Cow::Borrowed("HTTP/1.1"),
-        status: Some(200),
-        duration_ns: Some(900_000),
-        response_start_ns: Some(850_000),
-        first_chunk_ns: Some(840_000),
-        request_bytes: Some(84),
-        response_bytes: Some(310),
-        headers: vec![
-            (names[0].clone(), "127.0.0.1:8080".to_string()),
-            (names[1].clone(), "OpenAI/Python 3.51.0".to_string()),
-            (names[2].clone(), "application/json".to_string()),
-            (names[3].clone(), "84".to_string()),
-        ],
-        credentials: vec![CredentialEntry {
-            header: "authorization",
-            scheme: "bearer",
-            fingerprint: 0x0123_4567_89ab_cdef,
-        }],
-        facts: facts.clone(),
-        input_tokens: Some(12),
-        output_tokens: Some(30),
-        ..CallEntry::default()
-    };
-    let batches: Vec<Vec<CallEntry>> = (0..rows)
-        .collect::<Vec<_>>()
-        .chunks(512)
-        .map(|chunk| chunk.iter().map(|i| entry(*i)).collect())
-        .collect();
+    let calls = bench_calls::bench_calls(rows, base);
+    let batches: Vec<&[CallEntry]> = calls.chunks(512).collect();
     let (cpu0, wall0) = (cpu_seconds(), Instant::now());
     for batch in &batches {
         store.insert(batch, &[])?;

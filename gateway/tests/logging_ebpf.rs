@@ -1010,17 +1010,10 @@ async fn tiny_ring_child() {
                 // records (≈ 1.3 KiB), so that the tiny ring overflows
                 // whatever the collector's timing.
                 let long = "v".repeat(apx_capture::common::VALUE_CAP);
-                let call_ = [
-                    "user-agent",
-                    "x-request-id",
-                    "traceparent",
-                    "anthropic-version",
-                    "mcp-session-id",
-                    "mcp-method",
-                    "mcp-name",
-                ]
-                .iter()
-                .fold(call_, |call_, name| call_.header(name, &long));
+                let call_ = apx_capture::common::FIELD_NAMES
+                    .iter()
+                    .filter(|name| !matches!(**name, "host" | "content-type" | "content-length"))
+                    .fold(call_, |call_, name| call_.header(name, &long));
                 let addr = gw.addr;
                 tokio::spawn(async move { exchange(addr, &call_.bytes(addr)).await })
             })

@@ -1,0 +1,61 @@
+//! The calls the log-cost examples write: what the eBPF drain and the
+//! gateway make for the benchmark's chat call (shared header names and
+//! gateway facts, a path and header values of each call's own).
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use apx_gateway::logging::record::{CallEntry, Capture, CredentialEntry, GatewayFacts};
+
+/// `rows` calls starting at `base_unix_ns`, 50 µs apart.
+pub fn bench_calls(rows: usize, base_unix_ns: i64) -> Vec<CallEntry> {
+    let names: Vec<Arc<str>> = ["host", "user-agent", "content-type", "content-length"]
+        .into_iter()
+        .map(Arc::from)
+        .collect();
+    let facts = GatewayFacts {
+        key_id: Some(Arc::from("key_0123456789")),
+        key_name: Some(Arc::from("bench")),
+        model: Some(Arc::from("bench-model")),
+        upstream_model: Some(Arc::from("bench-model")),
+        provider: Some(Arc::from("mock")),
+        provider_kind: Some("openai"),
+        upstream_status: Some(200),
+        ..GatewayFacts::default()
+    };
+    (0..rows)
+        .map(|i| CallEntry {
+            capture: Some(Capture::Ebpf),
+            time_unix_ns: base_unix_ns + i as i64 * 50_000,
+            client: Some((
+                "127.0.0.1".parse().expect("literal address"),
+                40_000 + (i % 20_000) as u16,
+            )),
+            server_port: Some(8080),
+            method: Cow::Borrowed("POST"),
+            path: "/v1/chat/completions".to_string(),
+            http_version: Cow::Borrowed("HTTP/1.1"),
+            status: Some(200),
+            duration_ns: Some(900_000),
+            response_start_ns: Some(850_000),
+            first_chunk_ns: Some(840_000),
+            request_bytes: Some(84),
+            response_bytes: Some(310),
+            headers: vec![
+                (names[0].clone(), "127.0.0.1:8080".to_string()),
+                (names[1].clone(), "OpenAI/Python 3.51.0".to_string()),
+                (names[2].clone(), "application/json".to_string()),
+                (names[3].clone(), "84".to_string()),
+            ],
+            credentials: vec![CredentialEntry {
+                header: "authorization",
+                scheme: "bearer",
+                fingerprint: 0x0123_4567_89ab_cdef,
+            }],
+            facts: facts.clone(),
+            input_tokens: Some(12),
+            output_tokens: Some(30),
+            ..CallEntry::default()
+        })
+        .collect()
+}
