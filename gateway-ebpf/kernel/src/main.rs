@@ -113,9 +113,11 @@ static NR_SENDMSG: Global<u32> = Global::new(46);
 
 // ---- maps -------------------------------------------------------------------
 
-/// Records to user space.
+/// Records to user space. 1 MiB holds ≈ 2 800 packed exchange records of
+/// a typical call (≈ 376 B), more than 2 MiB held before they were packed;
+/// user space maps it twice, so every MiB here is 2 MiB of its RSS.
 #[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(2 * 1024 * 1024, 0);
+static EVENTS: RingBuf = RingBuf::with_byte_size(1024 * 1024, 0);
 /// Connection state of each tracked connection: keyed by the accepted
 /// socket's fd (syscall layer) or by its `struct sock` address (socket
 /// layer).
@@ -873,7 +875,11 @@ static WAKEUP_BYTES: Global<u64> = Global::new(65536);
 /// Send a record; count it as dropped if the ring buffer is full.
 #[inline(always)]
 pub(crate) fn emit<T>(rec: &T) {
-    counted(EVENTS.output::<T>(rec, wakeup_flags()).is_ok());
+    counted(
+        EVENTS
+            .output::<T>(rec, wakeup_flags(size_of::<T>() as u64))
+            .is_ok(),
+    );
 }
 
 /// Send the first `len` bytes at `p` (map memory holding at least `max`
@@ -885,16 +891,27 @@ pub(crate) fn emit<T>(rec: &T) {
 pub(crate) fn emit_bytes(p: *const u8, len: usize, max: usize) {
     let len = if len > max { max } else { len };
     let bytes = unsafe { core::slice::from_raw_parts(p, len) };
-    counted(EVENTS.output::<[u8]>(bytes, wakeup_flags()).is_ok());
+    counted(
+        EVENTS
+            .output::<[u8]>(bytes, wakeup_flags(len as u64))
+            .is_ok(),
+    );
 }
 
-/// Wake the reader only when `WAKEUP_BYTES` are pending.
+/// Wake the reader once, with the record of `len` bytes that takes what
+/// is pending to `WAKEUP_BYTES`. Not with every record past it: the
+/// reader needs a while to wake and drain, and each wake-up meanwhile was
+/// another self-IPI (a VM exit under virtualisation) for nothing — about
+/// 1 µs per request at 35 k requests/s with a 1 MiB ring. A wake-up that
+/// is somehow missed only delays the reader to its timer.
 #[inline(always)]
-fn wakeup_flags() -> u64 {
+fn wakeup_flags(len: u64) -> u64 {
     const BPF_RB_NO_WAKEUP: u64 = 1;
     const BPF_RB_FORCE_WAKEUP: u64 = 2;
     const BPF_RB_AVAIL_DATA: u64 = 0;
-    if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES.load() {
+    let pending = EVENTS.query(BPF_RB_AVAIL_DATA);
+    let threshold = WAKEUP_BYTES.load();
+    if threshold == 0 || (pending < threshold && pending + len >= threshold) {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP

@@ -23,7 +23,7 @@ use super::record::{self, CallEntry, Capture as CaptureKind, CredentialEntry};
 /// beyond this the oldest belong to connections whose close record was lost
 /// (ring buffer full) and are dropped, counted in `kernel.unjoined_evicted`.
 const MAX_PENDING: usize = 8192;
-/// Ring buffer size in bytes, instead of the programs' 2 MiB: a power of two,
+/// Ring buffer size in bytes, instead of the programs' 1 MiB: a power of two,
 /// at least one page. For tests (a tiny ring to provoke drops) and tuning;
 /// the config has no setting for it.
 pub const RING_BYTES_ENV: &str = "APX_EBPF_RING_BYTES";
@@ -38,7 +38,7 @@ pub const WAKEUP_BYTES_ENV: &str = "APX_EBPF_WAKEUP_BYTES";
 /// hand; the config has no setting for it.
 pub const HOOKS_ENV: &str = "APX_EBPF_HOOKS";
 /// The programs' own ring buffer size (`EVENTS` in the kernel crate).
-const DEFAULT_RING_BYTES: u32 = 2 * 1024 * 1024;
+const DEFAULT_RING_BYTES: u32 = 1024 * 1024;
 
 /// Oldest kernel the programs load on: they parse with `bpf_loop` (5.17)
 /// and read syscall arguments with `bpf_task_pt_regs` (5.15) from
