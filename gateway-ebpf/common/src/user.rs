@@ -133,13 +133,22 @@ impl ConnInfo {
     }
 }
 
+/// The first `len` bytes of `bytes` (all of them if it is shorter).
+fn kept(bytes: &[u8], len: usize) -> &[u8] {
+    &bytes[..len.min(bytes.len())]
+}
+
 fn text(bytes: &[u8], len: usize) -> String {
-    String::from_utf8_lossy(&bytes[..len.min(bytes.len())]).into_owned()
+    String::from_utf8_lossy(kept(bytes, len)).into_owned()
 }
 
 impl RequestRecord {
     pub fn method(&self) -> String {
         text(&self.method, self.method_len as usize)
+    }
+    /// The method's bytes as captured (for matching without a `String`).
+    pub fn method_bytes(&self) -> &[u8] {
+        kept(&self.method, self.method_len as usize)
     }
     /// The request target as kept (at most `PATH_CAP` bytes; see `F_PATH_TRUNC`).
     pub fn path(&self) -> String {
@@ -147,6 +156,10 @@ impl RequestRecord {
     }
     pub fn version(&self) -> String {
         text(&self.version, self.version_len as usize)
+    }
+    /// The version's bytes as captured (for matching without a `String`).
+    pub fn version_bytes(&self) -> &[u8] {
+        kept(&self.version, self.version_len as usize)
     }
     /// Value kept for capture slot `i` (see `FIELD_NAMES`), `None` if absent.
     pub fn field(&self, i: usize) -> Option<String> {
@@ -366,9 +379,8 @@ mod tests {
         Record::Response(r)
     }
 
-    /// Ring-buffer bytes of an exchange record whose request uses capture
-    /// slot `slot` (and, when given, a second one), packed as the kernel
-    /// packs them.
+    /// Ring-buffer bytes of an exchange record whose request has `value` in
+    /// capture slot `slot`, packed as the kernel packs them.
     fn exchange_bytes(conn_id: u64, seq: u32, slot: usize, value: &[u8]) -> Vec<u8> {
         let mut q: RequestRecord = unsafe { core::mem::zeroed() };
         q.hdr.kind = KIND_REQUEST;

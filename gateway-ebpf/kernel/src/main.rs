@@ -114,7 +114,7 @@ static NR_SENDMSG: Global<u32> = Global::new(46);
 // ---- maps -------------------------------------------------------------------
 
 /// Records to user space. 1 MiB holds ≈ 2 800 packed exchange records of
-/// a typical call (≈ 376 B), more than 2 MiB held before they were packed;
+/// a typical call (≈ 370 B), more than 2 MiB held before they were packed;
 /// user space maps it twice, so every MiB here is 2 MiB of its RSS.
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(1024 * 1024, 0);

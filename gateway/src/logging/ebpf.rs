@@ -366,11 +366,9 @@ fn fill_request(
     record.server_port = (request.conn.local_port != 0).then_some(request.conn.local_port);
     // The method and version from their bytes: `request.method()` and
     // `version()` would each allocate a String only to find a static name.
-    let method = &request.method[..usize::from(request.method_len).min(request.method.len())];
-    record.method = record::method_name_bytes(method);
+    record.method = record::method_name_bytes(request.method_bytes());
     record.path = request.path();
-    let version = &request.version[..usize::from(request.version_len).min(request.version.len())];
-    record.http_version = record::version_name_bytes(version);
+    record.http_version = record::version_name_bytes(request.version_bytes());
     for (slot, name) in names.iter().enumerate() {
         if let Some(value) = request.field(slot) {
             record.headers.push((name.clone(), value));
