@@ -41,8 +41,11 @@ pub struct JoinKey {
 /// collector polls it on its own thread, so a kernel record goes from the
 /// ring buffer to the join without another thread or channel.
 pub trait KernelFeed: Send {
-    /// Readable when the kernel has many records pending (the kernel wakes
-    /// it only past a threshold; the collector also polls on its timer).
+    /// Signalled when the kernel has many records pending (the programs
+    /// wake waiters only when a threshold is crossed; the collector also
+    /// drains on its timer). Only the wake-up counts: `poll` on a BPF ring
+    /// buffer says "readable" while any record at all is pending, so the
+    /// collector waits on it edge-triggered (`RingWaiter`).
     fn wait_fd(&self) -> std::os::fd::RawFd;
     /// Hands over every record pending now: the kernel half of a call and
     /// its join key (`None` when it cannot be joined).
@@ -163,9 +166,26 @@ impl Collector {
     /// receiver blocked in `recv` is woken (a futex wake and a context
     /// switch) by every request's record.
     fn run(mut self, receiver: Receiver<Event>) {
+        let waiter = match &self.kernel {
+            Some(kernel) => match RingWaiter::new(kernel.wait_fd()) {
+                Ok(waiter) => Some(waiter),
+                Err(err) => {
+                    tracing::warn!(
+                        "cannot wait for kernel wake-ups ({err}); draining the ring buffer every {} ms",
+                        BATCH_DELAY.as_millis()
+                    );
+                    None
+                }
+            },
+            None => None,
+        };
         let mut last_write = Instant::now();
         loop {
-            self.wait(BATCH_DELAY.saturating_sub(last_write.elapsed()));
+            let timeout = BATCH_DELAY.saturating_sub(last_write.elapsed());
+            match &waiter {
+                Some(waiter) => waiter.wait(timeout),
+                None => std::thread::sleep(timeout),
+            }
             self.drain_kernel();
             loop {
                 match receiver.try_recv() {
@@ -189,15 +209,9 @@ impl Collector {
             if last_write.elapsed() >= BATCH_DELAY {
                 last_write = Instant::now();
                 self.expire(false);
+                self.refresh_kernel_counters();
                 self.write();
             }
-        }
-    }
-
-    fn wait(&self, timeout: Duration) {
-        match &self.kernel {
-            Some(kernel) => wait_readable(kernel.wait_fd(), timeout),
-            None => std::thread::sleep(timeout),
         }
     }
 
@@ -205,6 +219,7 @@ impl Collector {
     /// partner included (flush and stop).
     fn finish_pending(&mut self) {
         self.drain_kernel();
+        self.refresh_kernel_counters();
         self.expire(true);
         self.write();
     }
@@ -219,8 +234,15 @@ impl Collector {
                 self.write();
             }
         });
-        self.kernel_counters = kernel.counters();
         self.kernel = Some(kernel);
+    }
+
+    /// Reads the kernel's loss counters (a few bpf() calls): once per
+    /// batch period, not per drain.
+    fn refresh_kernel_counters(&mut self) {
+        if let Some(kernel) = self.kernel.as_mut() {
+            self.kernel_counters = kernel.counters();
+        }
     }
 
     fn push(&mut self, record: CallEntry) {
@@ -310,17 +332,47 @@ impl Collector {
     }
 }
 
-/// Sleeps until `fd` is readable or `timeout` passes.
-fn wait_readable(fd: std::os::fd::RawFd, timeout: Duration) {
-    let mut pollfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // Rounded up: a timeout rounded down to 0 ms would spin until the deadline.
-    let millis = libc::c_int::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(100);
-    // SAFETY: one valid pollfd for the duration of the call.
-    unsafe {
-        libc::poll(&mut pollfd, 1, millis);
+/// Waits for the kernel's wake-ups on a ring buffer: an epoll instance
+/// watching it edge-triggered. Level-triggered (plain `poll`) would return
+/// at once whenever a single record is pending, so under load the collector
+/// would spin, draining a record or two per round (measured: ~1 µs of
+/// collector CPU per request more than waking on the threshold).
+struct RingWaiter {
+    epoll: std::os::fd::OwnedFd,
+}
+
+impl RingWaiter {
+    fn new(ring_fd: std::os::fd::RawFd) -> std::io::Result<RingWaiter> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: epoll_create1 takes no pointers; a non-negative result is a
+        // new fd that nothing else owns.
+        let raw = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if raw < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `raw` was just returned by epoll_create1 and is owned here only.
+        let epoll = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+        let mut event = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLET) as u32,
+            u64: 0,
+        };
+        // SAFETY: both fds are open; `event` is valid for the call.
+        let rc = unsafe { libc::epoll_ctl(raw, libc::EPOLL_CTL_ADD, ring_fd, &mut event) };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(RingWaiter { epoll })
+    }
+
+    /// Sleeps until the kernel wakes the ring's readers or `timeout` passes.
+    fn wait(&self, timeout: Duration) {
+        use std::os::fd::AsRawFd;
+        let mut event = libc::epoll_event { events: 0, u64: 0 };
+        // Rounded up: a timeout rounded down to 0 ms would spin until the deadline.
+        let millis = libc::c_int::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(100);
+        // SAFETY: room for exactly one event, as passed.
+        unsafe {
+            libc::epoll_wait(self.epoll.as_raw_fd(), &mut event, 1, millis);
+        }
     }
 }
