@@ -28,20 +28,30 @@ fn read_as<T: Copy>(bytes: &[u8]) -> Option<T> {
 }
 
 /// Unpacks a request record (see [`RequestRecord`] for the packing) into
-/// its heap box, zeroing what the packed form leaves out, as those bytes
-/// were in the kernel. `None` when the bytes are too short for what the
-/// record says it carries.
-fn unpack_request(bytes: &[u8]) -> Option<Box<RequestRecord>> {
+/// a heap box (`spare` if given, else a new one), zeroing what the packed
+/// form leaves out, as those bytes were in the kernel. `None` when the
+/// bytes are too short for what the record says it carries.
+fn unpack_request(bytes: &[u8], spare: Option<Box<RequestRecord>>) -> Option<Box<RequestRecord>> {
     let head = bytes.get(..REQUEST_HEAD_LEN)?;
-    let mut boxed = Box::<RequestRecord>::new_zeroed();
-    // SAFETY: `head` is REQUEST_HEAD_LEN bytes, the start of a
-    // RequestRecord-sized allocation, which is zeroed; RequestRecord is a
-    // plain-old-data repr(C) struct of integers and byte arrays, valid for
-    // any bit pattern.
-    let mut record = unsafe {
-        core::ptr::copy_nonoverlapping(head.as_ptr(), boxed.as_mut_ptr() as *mut u8, head.len());
-        boxed.assume_init()
+    let mut record = match spare {
+        Some(mut record) => {
+            // SAFETY: RequestRecord is a plain-old-data repr(C) struct of
+            // integers and byte arrays: all zeroes is a valid value.
+            unsafe { core::ptr::write_bytes(&mut *record as *mut RequestRecord, 0, 1) };
+            record
+        }
+        // SAFETY: as above, zeroed memory is a valid RequestRecord.
+        None => unsafe { Box::<RequestRecord>::new_zeroed().assume_init() },
     };
+    // SAFETY: `head` is REQUEST_HEAD_LEN bytes, less than a RequestRecord,
+    // and any bytes are a valid RequestRecord (see above).
+    unsafe {
+        core::ptr::copy_nonoverlapping(
+            head.as_ptr(),
+            &mut *record as *mut RequestRecord as *mut u8,
+            head.len(),
+        );
+    }
     let path_bytes = packed_path_len(record.path_len);
     let mut at = REQUEST_HEAD_LEN;
     record.path[..path_bytes].copy_from_slice(bytes.get(at..at + path_bytes)?);
@@ -89,19 +99,31 @@ pub fn pack_request(record: &RequestRecord) -> Vec<u8> {
 impl Record {
     /// Decode one ring-buffer item. `None` for an unknown kind/version or a short item.
     pub fn parse(bytes: &[u8]) -> Option<Record> {
+        Record::parse_into(bytes, &mut None)
+    }
+
+    /// [`Record::parse`] that decodes a request into `spare` when it holds
+    /// a box (taking it): a reader that hands back the boxes it is done
+    /// with allocates nothing per record (a fresh 2 KiB zeroed box per
+    /// record, freed soon after, kept the allocator retiring and
+    /// re-zeroing pages).
+    pub fn parse_into(bytes: &[u8], spare: &mut Option<Box<RequestRecord>>) -> Option<Record> {
         let hdr: RecordHeader = read_as(bytes)?;
         if hdr.version != LAYOUT_VERSION {
             return None;
         }
         match hdr.kind {
-            KIND_REQUEST => Some(Record::Request(unpack_request(bytes)?)),
+            KIND_REQUEST => Some(Record::Request(unpack_request(bytes, spare.take())?)),
             KIND_RESPONSE => Some(Record::Response(read_as(bytes)?)),
             KIND_CLOSE => Some(Record::Close(read_as(bytes)?)),
             KIND_EXCHANGE => {
                 let mut response: ResponseRecord = read_as(bytes)?;
                 response.hdr.kind = KIND_RESPONSE;
                 let request = bytes.get(core::mem::size_of::<ResponseRecord>()..)?;
-                Some(Record::Exchange(unpack_request(request)?, response))
+                Some(Record::Exchange(
+                    unpack_request(request, spare.take())?,
+                    response,
+                ))
             }
             _ => None,
         }
@@ -250,19 +272,30 @@ impl Joiner {
         self.pending.len()
     }
 
+    /// The exchanges `rec` completes (see [`Joiner::push_each`]).
     pub fn push(&mut self, rec: Record) -> Vec<Exchange> {
+        let mut out = Vec::new();
+        self.push_each(rec, |exchange| out.push(exchange));
+        out
+    }
+
+    /// Adds a record and hands each exchange it completes to `done`, in
+    /// order: an exchange record at once (nothing waits for it), a request
+    /// or response when its other half is in, a close record everything
+    /// still pending on its connection. No allocation on the exchange path.
+    pub fn push_each(&mut self, rec: Record, mut done: impl FnMut(Exchange)) {
         let h = *rec.header();
         let key = (h.conn_id, h.seq);
         match rec {
             Record::Request(r) => {
                 let e = self.entry(key);
                 e.request = Some(r);
-                self.take_if_done(key)
+                self.take_if_done(key, done);
             }
             Record::Response(r) => {
                 let e = self.entry(key);
                 e.response = Some(r);
-                self.take_if_done(key)
+                self.take_if_done(key, done);
             }
             Record::Exchange(q, r) => {
                 // Normally nothing waits under this key: the kernel sends a
@@ -271,15 +304,16 @@ impl Joiner {
                     let e = self.entry(key);
                     e.request = Some(q);
                     e.response = Some(r);
-                    return self.take_if_done(key);
+                    self.take_if_done(key, done);
+                    return;
                 }
-                vec![Exchange {
+                done(Exchange {
                     conn_id: key.0,
                     seq: key.1,
                     request: Some(q),
                     response: Some(r),
                     close: None,
-                }]
+                });
             }
             Record::Close(c) => {
                 let mut keys: Vec<_> = self
@@ -289,13 +323,12 @@ impl Joiner {
                     .copied()
                     .collect();
                 keys.sort();
-                keys.into_iter()
-                    .filter_map(|k| self.pending.remove(&k))
-                    .map(|(_, mut e)| {
+                for k in keys {
+                    if let Some((_, mut e)) = self.pending.remove(&k) {
                         e.close = Some(c);
-                        e
-                    })
-                    .collect()
+                        done(e);
+                    }
+                }
             }
         }
     }
@@ -343,20 +376,15 @@ impl Joiner {
             .1
     }
 
-    fn take_if_done(&mut self, key: (u64, u32)) -> Vec<Exchange> {
-        let done = self
+    fn take_if_done(&mut self, key: (u64, u32), mut done: impl FnMut(Exchange)) {
+        let complete = self
             .pending
             .get(&key)
-            .map(|(_, e)| e.request.is_some() && e.response.is_some())
-            .unwrap_or(false);
-        if done {
-            self.pending
-                .remove(&key)
-                .map(|(_, e)| e)
-                .into_iter()
-                .collect()
-        } else {
-            Vec::new()
+            .is_some_and(|(_, e)| e.request.is_some() && e.response.is_some());
+        if complete {
+            if let Some((_, e)) = self.pending.remove(&key) {
+                done(e);
+            }
         }
     }
 }
@@ -503,6 +531,31 @@ mod tests {
                 .to_vec()
             };
             assert!(as_bytes(&back) == as_bytes(&q), "path_len {path_len}");
+            // Decoded into a box that held a record with every slot and
+            // the longest path: nothing of it may show through.
+            let mut full: Box<RequestRecord> = Box::new(unsafe { core::mem::zeroed() });
+            full.path = [b'X'; PATH_CAP];
+            full.path_len = PATH_CAP as u16;
+            full.slot_mask = (1 << FIELD_SLOTS) - 1;
+            for f in full.fields.iter_mut() {
+                *f = Field {
+                    len: 124,
+                    count: 9,
+                    truncated: 1,
+                    value: [b'Y'; 124],
+                };
+            }
+            full.creds[0].fp = u64::MAX;
+            let mut spare = Some(full);
+            let reused = match Record::parse_into(&packed, &mut spare) {
+                Some(Record::Request(r)) => r,
+                _ => panic!("path_len {path_len}: not decoded into the spare box"),
+            };
+            assert!(spare.is_none(), "the spare box was taken");
+            assert!(
+                as_bytes(&reused) == as_bytes(&q),
+                "path_len {path_len}, reused box"
+            );
         }
         // Slot bits past the last slot: not a record of this layout.
         let mut q: RequestRecord = unsafe { core::mem::zeroed() };

@@ -23,7 +23,7 @@ use aya::{Btf, Ebpf, EbpfLoader};
 
 pub use apx_capture_common as common;
 pub use apx_capture_common::user::{Exchange, Joiner, Record};
-use apx_capture_common::{name_hash, stats, EXTRA_SLOTS};
+use apx_capture_common::{name_hash, stats, RequestRecord, EXTRA_SLOTS};
 
 /// The compiled programs, committed (see gateway-ebpf/build.sh, check.sh).
 pub static PREBUILT: &[u8] = include_bytes!("../../prebuilt/apx-capture.bpf.o");
@@ -218,6 +218,8 @@ pub struct Capture {
     layer: HookLayer,
     prog_load: Vec<(&'static str, Duration)>,
     ring: RingBuf<MapData>,
+    /// A request box to decode the next request record into.
+    spare: Option<Box<RequestRecord>>,
     /// Time spent in `EbpfLoader::load` (includes verification of all programs).
     pub load_time: Duration,
     /// Time spent loading + attaching the tracepoints.
@@ -517,6 +519,7 @@ impl Capture {
             layer,
             prog_load,
             ring,
+            spare: None,
             load_time,
             attach_time,
         })
@@ -539,10 +542,25 @@ impl Capture {
 
     /// Drain every record waiting in the ring buffer; returns how many.
     pub fn poll(&mut self, mut f: impl FnMut(Record)) -> usize {
+        self.poll_recycling(|rec| {
+            f(rec);
+            None
+        })
+    }
+
+    /// [`Capture::poll`] where `f` may hand back a request box it is done
+    /// with: the next request record is decoded into it instead of a new
+    /// allocation (see [`Record::parse_into`]).
+    pub fn poll_recycling(
+        &mut self,
+        mut f: impl FnMut(Record) -> Option<Box<RequestRecord>>,
+    ) -> usize {
         let mut n = 0;
         while let Some(item) = self.ring.next() {
-            if let Some(rec) = Record::parse(&item) {
-                f(rec);
+            if let Some(rec) = Record::parse_into(&item, &mut self.spare) {
+                if let Some(back) = f(rec) {
+                    self.spare = Some(back);
+                }
             }
             n += 1;
         }

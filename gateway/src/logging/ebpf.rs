@@ -166,15 +166,17 @@ impl KernelFeed for EbpfCapture {
             clock,
             ..
         } = self;
-        capture.poll(|record| {
-            for exchange in joiner.push(record) {
-                if is_http2(&exchange) {
-                    // Its calls are recorded from user space (see `Logging::begin`).
-                    continue;
+        capture.poll_recycling(|record| {
+            let mut done_with = None;
+            joiner.push_each(record, |exchange| {
+                if !is_http2(&exchange) {
+                    let (entry, key) = to_entry(&exchange, names, clock);
+                    deliver(entry, key);
                 }
-                let (entry, key) = to_entry(&exchange, names, clock);
-                deliver(entry, key);
-            }
+                // HTTP/2 calls are recorded from user space (see `Logging::begin`).
+                done_with = exchange.request;
+            });
+            done_with
         });
         self.evicted += self.joiner.evict_over(MAX_PENDING) as u64;
     }
