@@ -385,6 +385,11 @@ def main():
             time.sleep(0.1)
     else:
         sys.exit(f"the test server did not listen on port {a.port} within 10 s")
+    # A connection accepted before the programs are attached: the socket
+    # layer learns it at its first read after attach (peer and ports read
+    # from the socket itself); the syscall layer never sees it.
+    early = conn(a.port)
+    time.sleep(0.2)
     out = open(a.out, "w")
     err = open(a.out + ".stderr", "w")
     probe = subprocess.Popen(
@@ -400,7 +405,11 @@ def main():
             server.kill()
             sys.exit("probe failed to start")
         time.sleep(0.1)
-    # A connection made before attach is not seen; every scenario opens its own.
+    early.sendall(b"GET /early HTTP/1.1\r\nHost: early.local\r\nX-Request-Id: req-early\r\nConnection: close\r\n\r\n")
+    recv_all(early)
+    early_port = early.getsockname()[1]
+    early.close()
+    # Every other scenario opens its own connections.
     scen = SCENARIOS + ([scenario_hyper_bodies] if a.hyper else [])
     for f in scen:
         f(a.port, bool(a.hyper))
@@ -451,6 +460,20 @@ def main():
         c.check("basic: x-api-key + cookie present", cr.get("x-api-key", {}).get("present") and cr.get("cookie", {}).get("present"), str(cr))
         ts = (q["ts_first_ns"], r.get("ts_first_ns", 0), r.get("ts_end_ns", 0))
         c.check("basic: timestamps ordered", 0 < ts[0] <= ts[1] <= ts[2], str(ts))
+
+    e = by_rid(lines, "req-early")
+    if a.layer == "sockets":
+        c.check("early connection: one record", len(e) == 1, str(len(e)))
+        if e:
+            q = e[0]["request"]
+            c.check(
+                "early connection: learnt at its first read (peer, ports, seq 0, 200)",
+                (q["peer"], q["peer_port"], q["local_port"], e[0]["seq"], e[0].get("response", {}).get("status"))
+                == ("127.0.0.1", early_port, a.port, 0, 200),
+                str(e[0]),
+            )
+    else:
+        c.check("early connection: not seen by the syscall layer", len(e) == 0, str(len(e)))
 
     sp = by_rid(lines, "req-split")
     c.check("split: one record", len(sp) == 1, str(len(sp)))

@@ -36,7 +36,7 @@ use apx_capture_common::*;
 use aya_ebpf::{
     helpers::generated::{
         bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_get_smp_processor_id,
-        bpf_ktime_get_ns, bpf_loop, bpf_probe_read_kernel, bpf_probe_read_user, bpf_task_pt_regs,
+        bpf_ktime_get_ns, bpf_loop, bpf_probe_read_user, bpf_task_pt_regs,
     },
     macros::{btf_tracepoint, map, tracepoint},
     maps::{Array, HashMap, PerCpuArray, RingBuf},
@@ -174,10 +174,24 @@ static ARGS: HashMap<u64, Args> = HashMap::with_max_entries(1024, 0);
 /// Listening fd → its port (syscall layer: accept's first argument).
 #[map]
 static LISTENERS: HashMap<u32, u16> = HashMap::with_max_entries(64, 0);
-/// Listening ports of the gateway (socket layer: a connection is tracked
-/// when it is established on one of them).
+/// Listening ports of the gateway, one byte per port, 1 = registered
+/// (socket layer: a connection is tracked when it is established on one
+/// of them). An array, not a hash: the verifier inlines its lookup, and
+/// the read path asks it for every read on an untracked socket of the
+/// gateway (each upstream response).
 #[map]
-static LISTEN_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(64, 0);
+static LISTEN_PORTS: Array<[u8; PORTS]> = Array::with_max_entries(1, 0);
+const PORTS: usize = 65536;
+
+/// Is `port` (host order) one of the gateway's listening ports?
+#[inline(always)]
+fn listening(port: u16) -> bool {
+    match LISTEN_PORTS.get_ptr(0) {
+        // A u16 is below PORTS: the index is in bounds.
+        Some(ports) => unsafe { *(ports as *const u8).add(port as usize) != 0 },
+        None => false,
+    }
+}
 /// Per-CPU parse scratch.
 #[map]
 static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
@@ -693,42 +707,43 @@ fn on_sock_io<const RESP: bool>(ctx: &BtfTracePointContext) {
 /// port at 12, local port at 14, family at 16, state at 18) have had these
 /// offsets on every kernel since the socket hash lookups were built on
 /// them; a pure IPv6 peer address is elsewhere and is left unknown.
+/// `sk` is the tracepoint's BTF-typed `struct sock *`: each field is a
+/// plain load the verifier checks against the kernel's BTF (and the JIT
+/// makes fault-safe), where a `bpf_probe_read_kernel` of the head was a
+/// helper call on every upstream read.
 #[inline(always)]
 fn learn_established(sk: u64) -> Option<*mut Conn> {
-    let mut head = [0u8; 20];
-    let rc = unsafe {
-        bpf_probe_read_kernel(
-            head.as_mut_ptr() as *mut c_void,
-            head.len() as u32,
-            sk as *const c_void,
-        )
-    };
-    if rc != 0 {
+    let head = sk as *const u8;
+    // SAFETY (all loads below): see above; each is volatile so LLVM keeps
+    // them the size of their field, which is what the verifier accepts.
+    let local_port = unsafe { core::ptr::read_volatile(head.add(14) as *const u16) };
+    if !listening(local_port) {
         return None;
     }
-    let local_port = u16::from_ne_bytes([head[14], head[15]]);
-    unsafe { LISTEN_PORTS.get(&local_port) }?;
-    let state = head[18] as i32;
+    let state = unsafe { core::ptr::read_volatile(head.add(18)) } as i32;
     if state != TCP_ESTABLISHED && state != TCP_CLOSE_WAIT {
         return None;
     }
+    let family_raw = unsafe { core::ptr::read_volatile(head.add(16) as *const u16) };
+    let peer_v4 = unsafe { core::ptr::read_volatile(head as *const u32) }.to_ne_bytes();
+    let peer_port = u16::from_be(unsafe { core::ptr::read_volatile(head.add(12) as *const u16) });
     let c = new_conn(sk)?;
     c.tgid = TARGET_TGID.load();
     c.info.local_port = local_port;
-    let mut family = u16::from_ne_bytes([head[16], head[17]]);
+    let mut family = family_raw;
     let mut addr = [0u8; 16];
     if family == 2 {
-        addr[..4].copy_from_slice(&head[..4]);
-    } else if family == 10 && head[..4] != [0; 4] {
+        addr[..4].copy_from_slice(&peer_v4);
+    } else if family == 10 && peer_v4 != [0; 4] {
         // A dual-stack socket with an IPv4 peer: ::ffff:a.b.c.d, as accept
         // would have reported it.
         addr[10] = 0xff;
         addr[11] = 0xff;
-        addr[12..].copy_from_slice(&head[..4]);
+        addr[12..].copy_from_slice(&peer_v4);
     } else {
         family = 0;
     }
-    set_peer(c, family, u16::from_be_bytes([head[12], head[13]]), &addr);
+    set_peer(c, family, peer_port, &addr);
     Some(c as *mut Conn)
 }
 
@@ -772,7 +787,7 @@ fn on_sock_state(ctx: &TracePointContext) {
         let Some(sport) = arg::<u16>(ctx, SS_SPORT) else {
             return;
         };
-        if unsafe { LISTEN_PORTS.get(&sport) }.is_none() {
+        if !listening(sport) {
             return;
         }
         let Some(c) = new_conn(sk) else { return };

@@ -17,7 +17,7 @@ use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::{BtfTracePoint, TracePoint};
 use aya::{Btf, Ebpf, EbpfLoader};
 
@@ -316,12 +316,15 @@ fn add_listener(ebpf: &mut Ebpf, fd: u32, port: u16) -> Result<(), Error> {
     )
     .map_err(err("LISTENERS"))?;
     fds.insert(fd, port, 0).map_err(err("LISTENERS insert"))?;
-    let mut ports: BpfHashMap<_, u16, u8> = BpfHashMap::try_from(
+    // One byte per port (see the kernel's `listening`).
+    let mut ports: Array<_, [u8; 65536]> = Array::try_from(
         ebpf.map_mut("LISTEN_PORTS")
             .ok_or(Error("no LISTEN_PORTS map".into()))?,
     )
     .map_err(err("LISTEN_PORTS"))?;
-    ports.insert(port, 1, 0).map_err(err("LISTEN_PORTS insert"))
+    let mut set = ports.get(&0, 0).map_err(err("LISTEN_PORTS read"))?;
+    set[usize::from(port)] = 1;
+    ports.set(0, set, 0).map_err(err("LISTEN_PORTS write"))
 }
 
 /// Unloads whatever part of the socket layer was loaded (its links go
