@@ -217,15 +217,19 @@ fn simple_usage(json: &[u8]) -> Option<(Usage, usize)> {
 /// The index of the first byte from `at` on that is not printable ASCII
 /// or is `"` or `\\` (`json.len()` if there is none). On x86_64 sixteen
 /// bytes at a time, elsewhere (and for the last bytes) eight.
-fn plain_run(json: &[u8], mut at: usize) -> usize {
+fn plain_run(json: &[u8], at: usize) -> usize {
     #[cfg(target_arch = "x86_64")]
-    while let Some(chunk) = json.get(at..).and_then(<[u8]>::first_chunk::<16>) {
-        let odd = not_plain(chunk);
-        if odd != 0 {
-            return at + odd.trailing_zeros() as usize;
+    let at = {
+        let mut at = at;
+        while let Some(chunk) = json.get(at..).and_then(<[u8]>::first_chunk::<16>) {
+            let odd = not_plain(chunk);
+            if odd != 0 {
+                return at + odd.trailing_zeros() as usize;
+            }
+            at += 16;
         }
-        at += 16;
-    }
+        at
+    };
     plain_run_words(json, at)
 }
 
@@ -746,9 +750,10 @@ fn container_end(json: &[u8], mut at: usize) -> Option<usize> {
 /// costs about what one eight-byte word does), cheaper than setting up
 /// the wide search (~50 instructions a call), which takes over for the
 /// rest.
-fn string_end(json: &[u8], mut at: usize) -> Option<usize> {
+fn string_end(json: &[u8], at: usize) -> Option<usize> {
     #[cfg(target_arch = "x86_64")]
-    {
+    let at = {
+        let mut at = at;
         let mut clean = 0;
         while let Some(chunk) = json.get(at..).and_then(<[u8]>::first_chunk::<16>) {
             let classes = classify(chunk);
@@ -767,7 +772,8 @@ fn string_end(json: &[u8], mut at: usize) -> Option<usize> {
             }
             at += 2;
         }
-    }
+        at
+    };
     string_end_words(json, at)
 }
 
