@@ -54,8 +54,27 @@ fn tune_allocator_or_reexec() {
     eprintln!("note: could not re-execute with memory settings ({err}); continuing");
 }
 
+/// A proxied call holds two sockets (client and upstream), so the usual
+/// soft limit of 1 024 open files would cap the gateway near 500 calls in
+/// flight, and every connection past it would be refused. Like Go's
+/// runtime, raise the soft limit to the hard one (systemd's unit sets both
+/// with `LimitNOFILE`; a foreground or daemon `apx serve` inherits the
+/// shell's).
+fn raise_open_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    if soft < hard {
+        if let Err(err) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            eprintln!("note: open-file limit stays at {soft} ({err})");
+        }
+    }
+}
+
 pub fn run(config_path: &Path, args: Args) -> anyhow::Result<()> {
     tune_allocator_or_reexec();
+    raise_open_file_limit();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let subscriber = tracing_subscriber::fmt()
