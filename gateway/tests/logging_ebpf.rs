@@ -653,6 +653,124 @@ async fn every_call_gives_one_complete_kernel_record() {
     assert!(counter(&gw, "kernel.records").is_some_and(|n| n > 0));
 }
 
+/// Raises this process's soft limit on open files to the hard one (the
+/// client sockets and the in-process gateway's share it); the limit
+/// reached.
+fn raise_open_files() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid out-pointer / in-pointer for the duration of each call.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        limit.rlim_cur = limit.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+    }
+    limit.rlim_cur
+}
+
+/// Reads one Content-Length-framed response from a kept-alive connection;
+/// its status.
+async fn read_one_response(stream: &mut TcpStream) -> std::io::Result<u16> {
+    let mut wire = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = wire.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&wire[..end]).to_ascii_lowercase();
+            let status = head
+                .get(9..12)
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| io_error(format!("no status in {head:?}")))?;
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .ok_or_else(|| io_error(format!("no content-length in {head:?}")))?;
+            if wire.len() >= end + 4 + length {
+                return Ok(status);
+            }
+        }
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(io_error("connection closed before the response ended"));
+        }
+        wire.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// More connections open at once than the syscall layer's preallocated map
+/// holds (2 048): with the socket layer's map, which grows with the
+/// connections, every call still gets its kernel record, none is counted
+/// as untracked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_open_connections_all_get_kernel_records() {
+    if !ebpf_tests_run("thousands_of_open_connections_all_get_kernel_records") {
+        return;
+    }
+    const OPEN: usize = 2100;
+    let files = raise_open_files();
+    assert!(
+        files >= 2 * OPEN as u64 + 200,
+        "this test needs {} open files, the hard limit is {files}",
+        2 * OPEN + 200
+    );
+    let gw = start_ebpf().await;
+    // Every connection stays open until all have had their call, so all
+    // are tracked at once.
+    let mut streams = Vec::with_capacity(OPEN);
+    for i in 0..OPEN {
+        let mut stream = TcpStream::connect(gw.addr).await.expect("connect");
+        stream.set_nodelay(true).expect("nodelay");
+        let request =
+            format!("GET /healthz HTTP/1.1\r\nHost: many.local\r\nX-Request-Id: many-{i}\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.expect("send");
+        let status = tokio::time::timeout(Duration::from_secs(10), read_one_response(&mut stream))
+            .await
+            .expect("answer within 10 s")
+            .expect("response");
+        assert_eq!(status, 200, "call {i}");
+        streams.push(stream);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mine = |records: &[CallRecord]| -> usize {
+        records
+            .iter()
+            .filter(|r| {
+                r.headers
+                    .iter()
+                    .any(|(n, v)| n == "x-request-id" && v.starts_with("many-"))
+            })
+            .count()
+    };
+    let mut records = all_records(&gw);
+    while mine(&records) < OPEN && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        records = all_records(&gw);
+    }
+    let many: Vec<&CallRecord> = records
+        .iter()
+        .filter(|r| {
+            r.headers
+                .iter()
+                .any(|(n, v)| n == "x-request-id" && v.starts_with("many-"))
+        })
+        .collect();
+    assert_eq!(many.len(), OPEN, "records of the calls");
+    for record in &many {
+        assert_eq!(record.capture, Some(Capture::Ebpf), "{record:?}");
+        assert!(!record.partial, "{record:?}");
+        assert_eq!(record.status, Some(200), "{record:?}");
+    }
+    let mut ports: Vec<u16> = many.iter().filter_map(|r| r.client_port).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    assert_eq!(ports.len(), OPEN, "one client port per connection");
+    assert_eq!(counter(&gw, "kernel.conn_map_full"), Some(0));
+    drop(streams);
+}
+
 /// HTTP/2 (h2c prior knowledge) on the same port: the kernel programs parse
 /// HTTP/1.x only, so these calls are captured in user space, each record
 /// says so, nothing waits for a kernel half, and the kernel's view of the

@@ -5,9 +5,9 @@
 //!
 //! Socket layer (kernels with the `sock_recv_length` tracepoint, 6.4+): no
 //! syscall tracepoint at all, so no task on the machine is put on the
-//! syscall tracing slow path. `CONNS` is keyed by the socket's address.
+//! syscall tracing slow path. `SOCK_CONNS` is keyed by the socket's address.
 //! * `sock/inet_sock_set_state`: a connection to a registered listening
-//!   port becomes established → entry in `CONNS`; it starts closing (our
+//!   port becomes established → entry in `SOCK_CONNS`; it starts closing (our
 //!   FIN, or a reset) → flush, close record, entry removed.
 //! * `tp_btf/sock_recv_length`, `tp_btf/sock_send_length`: bytes the
 //!   gateway read / wrote on a tracked socket → request / response parser;
@@ -118,11 +118,20 @@ static NR_SENDMSG: Global<u32> = Global::new(46);
 /// user space maps it twice, so every MiB here is 2 MiB of its RSS.
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(1024 * 1024, 0);
-/// Connection state of each tracked connection: keyed by the accepted
-/// socket's fd (syscall layer) or by its `struct sock` address (socket
-/// layer).
+/// Connection state of each tracked connection of the syscall layer, keyed
+/// by the accepted socket's fd. Preallocated: the kernels that need this
+/// layer (before 6.4) include ones (before 6.1) that let tracing programs
+/// use preallocated hash maps only. The loader shrinks it to one entry
+/// when the socket layer runs.
 #[map]
 static CONNS: HashMap<u64, Conn> = HashMap::with_max_entries(2048, 0);
+/// The same for the socket layer (kernels 6.4+), keyed by the socket's
+/// `struct sock` address, allocated per connection (`BPF_F_NO_PREALLOC`):
+/// its memory follows the connections open, so it can allow 65 536 of
+/// them where a preallocated map held 2 048 in 5.2 MiB.
+#[map]
+static SOCK_CONNS: HashMap<u64, Conn> =
+    HashMap::with_max_entries(65536, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
 /// One byte per fd number below `TRACKED_FDS`: 1 = maybe in `CONNS`.
 /// Every read/write of the gateway runs an exit program, and most are on
 /// fds that are not accepted connections (upstream sockets, eventfds):
@@ -363,7 +372,9 @@ fn on_accept_exit(ctx: &TracePointContext) {
         return;
     }
     let fd = ret as u32;
-    let Some(c) = new_conn(fd as u64) else { return };
+    let Some(c) = new_conn(&CONNS, fd as u64) else {
+        return;
+    };
     set_tracked(fd, true);
     c.fd = fd;
     c.tgid = (unsafe { bpf_get_current_pid_tgid() } >> 32) as u32;
@@ -374,16 +385,17 @@ fn on_accept_exit(ctx: &TracePointContext) {
     read_peer(a.ptr, c);
 }
 
-/// A fresh `CONNS` entry under `key` (replacing a stale one), with its
-/// connection id and accept time; `None` (counted) when the map is full.
+/// A fresh entry under `key` in `conns` (`CONNS` or `SOCK_CONNS`,
+/// replacing a stale one), with its connection id and accept time; `None`
+/// (counted) when the map is full.
 #[inline(always)]
-fn new_conn(key: u64) -> Option<&'static mut Conn> {
+fn new_conn(conns: &HashMap<u64, Conn>, key: u64) -> Option<&'static mut Conn> {
     let zero = ZERO.get_ptr(0)?;
-    if CONNS.insert(&key, unsafe { &*zero }, 0).is_err() {
+    if conns.insert(&key, unsafe { &*zero }, 0).is_err() {
         stat_add(stats::CONN_MAP_FULL, 1);
         return None;
     }
-    let c = unsafe { &mut *CONNS.get_ptr_mut(&key)? };
+    let c = unsafe { &mut *conns.get_ptr_mut(&key)? };
     c.conn_id = next_conn_id();
     c.info.ts_accept_ns = unsafe { bpf_ktime_get_ns() };
     stat_add(stats::CONNS, 1);
@@ -637,7 +649,7 @@ pub fn sock_send(ctx: BtfTracePointContext) -> i32 {
 
 /// `sock_recv_length(sk, ret, flags)` / `sock_send_length(sk, ret, flags)`:
 /// fired inside `sock_recvmsg` / `sock_sendmsg` for every socket of every
-/// process; the tgid check and one `CONNS` lookup stop all but the
+/// process; the tgid check and one `SOCK_CONNS` lookup stop all but the
 /// gateway's accepted connections. The bytes are in the buffers the
 /// gateway's syscall named, read through the registers it saved.
 #[inline(always)]
@@ -652,7 +664,7 @@ fn on_sock_io<const RESP: bool>(ctx: &BtfTracePointContext) {
         // The same bytes come again with the read that consumes them.
         return;
     }
-    let c = match CONNS.get_ptr_mut(&sk) {
+    let c = match SOCK_CONNS.get_ptr_mut(&sk) {
         Some(c) => c,
         None if !RESP => match learn_established(sk) {
             Some(c) => c,
@@ -727,7 +739,7 @@ fn learn_established(sk: u64) -> Option<*mut Conn> {
     let family_raw = unsafe { core::ptr::read_volatile(head.add(16) as *const u16) };
     let peer_v4 = unsafe { core::ptr::read_volatile(head as *const u32) }.to_ne_bytes();
     let peer_port = u16::from_be(unsafe { core::ptr::read_volatile(head.add(12) as *const u16) });
-    let c = new_conn(sk)?;
+    let c = new_conn(&SOCK_CONNS, sk)?;
     c.tgid = TARGET_TGID.load();
     c.info.local_port = local_port;
     let mut family = family_raw;
@@ -790,7 +802,9 @@ fn on_sock_state(ctx: &TracePointContext) {
         if !listening(sport) {
             return;
         }
-        let Some(c) = new_conn(sk) else { return };
+        let Some(c) = new_conn(&SOCK_CONNS, sk) else {
+            return;
+        };
         c.tgid = TARGET_TGID.load();
         c.info.local_port = sport;
         let family = arg::<u16>(ctx, SS_FAMILY).unwrap_or(0);
@@ -808,13 +822,13 @@ fn on_sock_state(ctx: &TracePointContext) {
             _ => set_peer(c, 0, 0, &[0; 16]),
         }
     } else if new == TCP_FIN_WAIT1 || new == TCP_LAST_ACK || new == TCP_CLOSE {
-        let Some(c) = CONNS.get_ptr_mut(&sk) else {
+        let Some(c) = SOCK_CONNS.get_ptr_mut(&sk) else {
             return;
         };
         let c = unsafe { &mut *c };
         let now = unsafe { bpf_ktime_get_ns() };
         unsafe { parse::on_close(c, now) };
-        let _ = CONNS.remove(&sk);
+        let _ = SOCK_CONNS.remove(&sk);
     }
 }
 
@@ -825,7 +839,7 @@ fn on_sock_state(ctx: &TracePointContext) {
 #[tracepoint]
 pub fn sock_reset(ctx: TracePointContext) -> u32 {
     if let Some(sk) = arg::<u64>(&ctx, SS_SKADDR) {
-        if let Some(c) = CONNS.get_ptr_mut(&sk) {
+        if let Some(c) = SOCK_CONNS.get_ptr_mut(&sk) {
             unsafe { (*c).flags |= F_READ_ERROR };
         }
     }

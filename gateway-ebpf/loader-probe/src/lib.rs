@@ -138,7 +138,9 @@ pub struct Config {
     pub require_listener: bool,
     /// Ring buffer size in bytes (power of two, multiple of the page size).
     pub ringbuf_bytes: Option<u32>,
-    /// Connections tracked at once.
+    /// Connections tracked at once (default: 65 536 with the socket layer,
+    /// whose map grows with the connections open; 2 048 with the syscall
+    /// layer, whose map is preallocated, ≈ 2.6 KiB each).
     pub max_conns: Option<u32>,
     /// Wake the reader only when this many bytes are pending (default 65536;
     /// 0 = on every record, which costs a self-IPI per record). The reader
@@ -465,9 +467,14 @@ impl Capture {
         if let Some(n) = cfg.ringbuf_bytes {
             loader.map_max_entries("EVENTS", n);
         }
-        if let Some(n) = cfg.max_conns {
-            loader.map_max_entries("CONNS", n);
-        }
+        // Each layer has its own connection map (see the kernel's `CONNS`
+        // and `SOCK_CONNS`); the other one shrinks to a single entry.
+        let (syscall_conns, socket_conns) = match cfg.layer {
+            HookLayer::Syscalls => (cfg.max_conns.unwrap_or(2048), 1),
+            HookLayer::Sockets | HookLayer::Auto => (1, cfg.max_conns.unwrap_or(65536)),
+        };
+        loader.map_max_entries("CONNS", syscall_conns);
+        loader.map_max_entries("SOCK_CONNS", socket_conns);
         let mut ebpf = loader
             .load(&image)
             .map_err(err("loading the eBPF object"))?;
@@ -504,10 +511,13 @@ impl Capture {
             HookLayer::Auto => match attach_socket_layer(&mut ebpf, &mut prog_load) {
                 Ok(()) => HookLayer::Sockets,
                 Err(_) => {
+                    // Load again with the maps sized for the syscall layer.
                     detach_socket_layer(&mut ebpf);
-                    prog_load.clear();
-                    attach_syscall_layer(&mut ebpf, cfg, &mut prog_load)?;
-                    HookLayer::Syscalls
+                    drop(ebpf);
+                    return Capture::start(&Config {
+                        layer: HookLayer::Syscalls,
+                        ..cfg.clone()
+                    });
                 }
             },
         };
