@@ -333,10 +333,11 @@ impl Collector {
 }
 
 /// Waits for the kernel's wake-ups on a ring buffer: an epoll instance
-/// watching it edge-triggered. Level-triggered (plain `poll`) would return
-/// at once whenever a single record is pending, so under load the collector
-/// would spin, draining a record or two per round (measured: ~1 µs of
-/// collector CPU per request more than waking on the threshold).
+/// watching it edge-triggered. Level-triggered (plain `poll`) returns at
+/// once whenever a single record is pending, so under load the collector
+/// went round without sleeping, draining a few records per round (its CPU
+/// per request did not change measurably; its syscalls did: with the
+/// counters read per drain, 7 500 bpf() calls a second).
 struct RingWaiter {
     epoll: std::os::fd::OwnedFd,
 }
