@@ -772,10 +772,12 @@ const SS_DADDR: usize = 36;
 const SS_DADDR_V6: usize = 56;
 
 /// TCP state changes, machine-wide (a few per connection): a connection
-/// established on a registered listening port is tracked from here on; a
-/// tracked one that starts closing (our FIN at shutdown/close, the peer's
-/// FIN answered, or a reset) is flushed and forgotten. Runs in softirq
-/// context as often as not, so it keys by socket, never by task.
+/// established on a registered listening port is tracked from here on.
+/// Runs in softirq context as often as not, so it keys by socket, never
+/// by task. A classic tracepoint, for the peer address it carries (IPv6
+/// included); like every kprobe or classic-tracepoint program it is
+/// skipped while another one runs on the same CPU (`bpf_prog_active`),
+/// and then the connection's first read learns it (`learn_established`).
 #[tracepoint]
 pub fn sock_state(ctx: TracePointContext) -> u32 {
     on_sock_state(&ctx);
@@ -821,27 +823,43 @@ fn on_sock_state(ctx: &TracePointContext) {
             (Some(addr), Some(port)) => set_peer(c, family, port, &addr),
             _ => set_peer(c, 0, 0, &[0; 16]),
         }
-    } else if new == TCP_FIN_WAIT1 || new == TCP_LAST_ACK || new == TCP_CLOSE {
-        let Some(c) = SOCK_CONNS.get_ptr_mut(&sk) else {
-            return;
-        };
-        let c = unsafe { &mut *c };
-        let now = unsafe { bpf_ktime_get_ns() };
-        unsafe { parse::on_close(c, now) };
-        let _ = SOCK_CONNS.remove(&sk);
     }
 }
 
-/// `tcp/tcp_receive_reset` (skaddr at 8): the peer reset a tracked
-/// connection; the gateway's next read fails with ECONNRESET. Fires just
-/// before the state change to CLOSE that flushes the connection, so its
-/// records carry the flag.
-#[tracepoint]
-pub fn sock_reset(ctx: TracePointContext) -> u32 {
-    if let Some(sk) = arg::<u64>(&ctx, SS_SKADDR) {
-        if let Some(c) = SOCK_CONNS.get_ptr_mut(&sk) {
-            unsafe { (*c).flags |= F_READ_ERROR };
-        }
+/// The same state changes through the raw (BTF) tracepoint
+/// `inet_sock_set_state(sk, oldstate, newstate)`: a tracked connection
+/// that starts closing (our FIN at shutdown/close, the peer's FIN
+/// answered, or a reset) is flushed — its request or response in
+/// progress, its close record — and forgotten. A raw tracepoint program
+/// is skipped only if it is itself running on the CPU, never because some
+/// other tracing program is (as `sock_state` can be): a missed close would
+/// lose those records without a count.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn sock_closing(ctx: BtfTracePointContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    let new: i32 = ctx.arg(2);
+    if new != TCP_FIN_WAIT1 && new != TCP_LAST_ACK && new != TCP_CLOSE {
+        return 0;
+    }
+    let Some(c) = SOCK_CONNS.get_ptr_mut(&sk) else {
+        return 0;
+    };
+    let c = unsafe { &mut *c };
+    let now = unsafe { bpf_ktime_get_ns() };
+    unsafe { parse::on_close(c, now) };
+    let _ = SOCK_CONNS.remove(&sk);
+    0
+}
+
+/// `tcp_receive_reset(sk)` (raw tracepoint, for the reason given at
+/// `sock_closing`): the peer reset a tracked connection; the gateway's
+/// next read fails with ECONNRESET. Fires just before the state change
+/// to CLOSE that flushes the connection, so its records carry the flag.
+#[btf_tracepoint(function = "tcp_receive_reset")]
+pub fn sock_reset(ctx: BtfTracePointContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    if let Some(c) = SOCK_CONNS.get_ptr_mut(&sk) {
+        unsafe { (*c).flags |= F_READ_ERROR };
     }
     0
 }

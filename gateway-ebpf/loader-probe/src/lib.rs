@@ -57,12 +57,11 @@ impl HookLayer {
 pub const SOCKET_BTF_HOOKS: &[(&str, &str)] = &[
     ("sock_recv", "sock_recv_length"),
     ("sock_send", "sock_send_length"),
+    ("sock_closing", "inet_sock_set_state"),
+    ("sock_reset", "tcp_receive_reset"),
 ];
 /// Socket layer: (program, tracepoint category, tracepoint name).
-pub const SOCKET_HOOKS: &[(&str, &str, &str)] = &[
-    ("sock_state", "sock", "inet_sock_set_state"),
-    ("sock_reset", "tcp", "tcp_receive_reset"),
-];
+pub const SOCKET_HOOKS: &[(&str, &str, &str)] = &[("sock_state", "sock", "inet_sock_set_state")];
 
 /// Syscall layer: (program, tracepoint category, tracepoint name)
 pub const HOOKS: &[(&str, &str, &str)] = &[
