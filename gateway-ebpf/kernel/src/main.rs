@@ -664,9 +664,16 @@ fn on_sock_io<const RESP: bool>(ctx: &BtfTracePointContext) {
         // The same bytes come again with the read that consumes them.
         return;
     }
+    // Only a socket on one of the gateway's listening ports can be tracked:
+    // its upstream sockets (ephemeral local ports, one write and one read
+    // per proxied call) stop here, before the map lookup.
+    let local_port = local_port(sk);
+    if !listening(local_port) {
+        return;
+    }
     let c = match SOCK_CONNS.get_ptr_mut(&sk) {
         Some(c) => c,
-        None if !RESP => match learn_established(sk) {
+        None if !RESP => match learn_established(sk, local_port) {
             Some(c) => c,
             None => return,
         },
@@ -709,14 +716,25 @@ fn on_sock_io<const RESP: bool>(ctx: &BtfTracePointContext) {
     }
 }
 
+/// The socket's local port (`skc_num`, host order, at 14 in `struct
+/// sock_common` on every kernel): a plain load through the tracepoint's
+/// BTF-typed `struct sock *`, checked by the verifier against the
+/// kernel's BTF.
+#[inline(always)]
+fn local_port(sk: u64) -> u16 {
+    // SAFETY: see above; volatile keeps the load 2 bytes wide, the size of
+    // the field, which is what the verifier accepts.
+    unsafe { core::ptr::read_volatile((sk as *const u8).add(14) as *const u16) }
+}
+
 /// A read on a socket the state tracepoint did not announce: a connection
 /// established before the programs were attached (the gateway listens
 /// before it loads them, and a probe attaches to a running server) and
 /// accepted on a registered port is tracked from this read on, which
 /// starts a request unless the attach fell in the middle of one (then the
-/// parser flags it `not_http`). Upstream sockets stop at the port check.
-/// The `struct sock_common` fields read here (peer address at 0, peer
-/// port at 12, local port at 14, family at 16, state at 18) have had these
+/// parser flags it `not_http`). The caller checked that `local_port` is a
+/// registered listener's. The `struct sock_common` fields read here (peer
+/// address at 0, peer port at 12, family at 16, state at 18) have had these
 /// offsets on every kernel since the socket hash lookups were built on
 /// them; a pure IPv6 peer address is elsewhere and is left unknown.
 /// `sk` is the tracepoint's BTF-typed `struct sock *`: each field is a
@@ -724,14 +742,10 @@ fn on_sock_io<const RESP: bool>(ctx: &BtfTracePointContext) {
 /// makes fault-safe), where a `bpf_probe_read_kernel` of the head was a
 /// helper call on every upstream read.
 #[inline(always)]
-fn learn_established(sk: u64) -> Option<*mut Conn> {
+fn learn_established(sk: u64, local_port: u16) -> Option<*mut Conn> {
     let head = sk as *const u8;
     // SAFETY (all loads below): see above; each is volatile so LLVM keeps
     // them the size of their field, which is what the verifier accepts.
-    let local_port = unsafe { core::ptr::read_volatile(head.add(14) as *const u16) };
-    if !listening(local_port) {
-        return None;
-    }
     let state = unsafe { core::ptr::read_volatile(head.add(18)) } as i32;
     if state != TCP_ESTABLISHED && state != TCP_CLOSE_WAIT {
         return None;
