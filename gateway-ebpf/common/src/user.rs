@@ -176,6 +176,10 @@ impl RequestRecord {
     pub fn path(&self) -> String {
         text(&self.path, self.path_len as usize)
     }
+    /// The request target's kept bytes (for building text without a `String`).
+    pub fn path_bytes(&self) -> &[u8] {
+        kept(&self.path, self.path_len as usize)
+    }
     pub fn version(&self) -> String {
         text(&self.version, self.version_len as usize)
     }
@@ -190,6 +194,14 @@ impl RequestRecord {
             return None;
         }
         Some(text(&f.value, f.len as usize))
+    }
+    /// The kept bytes of capture slot `i`, `None` if absent.
+    pub fn field_bytes(&self, i: usize) -> Option<&[u8]> {
+        let f = self.fields.get(i)?;
+        if f.count == 0 {
+            return None;
+        }
+        Some(kept(&f.value, f.len as usize))
     }
 }
 

@@ -33,7 +33,7 @@ pub fn bench_calls(rows: usize, base_unix_ns: i64) -> Vec<CallEntry> {
             )),
             server_port: Some(8080),
             method: Cow::Borrowed("POST"),
-            path: "/v1/chat/completions".to_string(),
+            path: "/v1/chat/completions".into(),
             http_version: Cow::Borrowed("HTTP/1.1"),
             status: Some(200),
             duration_ns: Some(900_000),
@@ -42,10 +42,10 @@ pub fn bench_calls(rows: usize, base_unix_ns: i64) -> Vec<CallEntry> {
             request_bytes: Some(84),
             response_bytes: Some(310),
             headers: vec![
-                (names[0].clone(), "127.0.0.1:8080".to_string()),
-                (names[1].clone(), "OpenAI/Python 3.51.0".to_string()),
-                (names[2].clone(), "application/json".to_string()),
-                (names[3].clone(), "84".to_string()),
+                (names[0].clone(), "127.0.0.1:8080".into()),
+                (names[1].clone(), "OpenAI/Python 3.51.0".into()),
+                (names[2].clone(), "application/json".into()),
+                (names[3].clone(), "84".into()),
             ],
             credentials: vec![CredentialEntry {
                 header: "authorization",

@@ -8,7 +8,7 @@ use apx_capture_common as common;
 use http::{HeaderMap, HeaderName};
 
 use super::fingerprint::FingerprintKey;
-use super::record::CredentialEntry;
+use super::record::{CredentialEntry, SmallText};
 
 /// The header names captured in clear: the fixed list, then configured extras.
 #[derive(Clone, Debug)]
@@ -41,7 +41,7 @@ impl CaptureList {
     }
 
     /// Selected headers, values cut to the kernel's bound.
-    pub fn headers(&self, headers: &HeaderMap) -> (Vec<(Arc<str>, String)>, bool) {
+    pub fn headers(&self, headers: &HeaderMap) -> (Vec<(Arc<str>, SmallText)>, bool) {
         let mut out = Vec::new();
         let mut truncated = false;
         for (name, shared) in &self.entries {
@@ -49,7 +49,7 @@ impl CaptureList {
                 let bytes = value.as_bytes();
                 truncated |= bytes.len() > common::VALUE_CAP;
                 let kept = &bytes[..bytes.len().min(common::VALUE_CAP)];
-                out.push((shared.clone(), String::from_utf8_lossy(kept).into_owned()));
+                out.push((shared.clone(), SmallText::from_utf8_lossy(kept)));
             }
         }
         (out, truncated)
@@ -135,8 +135,8 @@ mod tests {
         assert_eq!(
             captured,
             vec![
-                (Arc::from("user-agent"), "OpenAI/Python 3.51.0".to_string()),
-                (Arc::from("x-tenant"), "acme".to_string())
+                (Arc::from("user-agent"), "OpenAI/Python 3.51.0".into()),
+                (Arc::from("x-tenant"), "acme".into())
             ]
         );
         let key = FingerprintKey::from_bytes(common::TEST_KEY);

@@ -16,7 +16,7 @@ use apx_capture::{Capture, Exchange, HookLayer, Joiner};
 use super::capture::scheme_name;
 use super::collector::{JoinKey, KernelFeed};
 use super::fingerprint::FingerprintKey;
-use super::record::{self, CallEntry, Capture as CaptureKind, CredentialEntry};
+use super::record::{self, CallEntry, Capture as CaptureKind, CredentialEntry, SmallText};
 
 /// Kernel half-exchanges waiting for their other half at most: the programs
 /// track 2048 connections and HTTP/1.1 answers one request at a time, so
@@ -369,11 +369,18 @@ fn fill_request(
     // The method and version from their bytes: `request.method()` and
     // `version()` would each allocate a String only to find a static name.
     record.method = record::method_name_bytes(request.method_bytes());
-    record.path = request.path();
+    // Text straight from the record's bytes: short paths and values stay
+    // in place (`SmallText`), no allocation for them.
+    record.path = SmallText::from_utf8_lossy(request.path_bytes());
     record.http_version = record::version_name_bytes(request.version_bytes());
+    record
+        .headers
+        .reserve_exact(request.slot_mask.count_ones() as usize);
     for (slot, name) in names.iter().enumerate() {
-        if let Some(value) = request.field(slot) {
-            record.headers.push((name.clone(), value));
+        if let Some(value) = request.field_bytes(slot) {
+            record
+                .headers
+                .push((name.clone(), SmallText::from_utf8_lossy(value)));
         }
     }
     for (slot, credential) in request.creds.iter().enumerate() {

@@ -208,7 +208,7 @@ impl Logging {
             if target.len() > cap {
                 record.notes.push("path truncated".into());
             }
-            record.path = truncate_utf8(target, cap).to_string();
+            record.path = truncate_utf8(target, cap).into();
             record.http_version = Cow::Borrowed(version_text(request.version()));
             let (headers, truncated) = self.capture_list.headers(request.headers());
             record.headers = headers;

@@ -699,7 +699,7 @@ mod tests {
             )),
             server_port: Some(8080),
             method: Cow::Borrowed("POST"),
-            path: format!("/v1/chat/completions?i={i}"),
+            path: format!("/v1/chat/completions?i={i}").into(),
             http_version: Cow::Borrowed("HTTP/1.1"),
             status: Some(if i == 2 { 503 } else { 200 }),
             duration_ns: Some(u64::MAX - i as u64),
@@ -708,8 +708,8 @@ mod tests {
             request_bytes: Some(84),
             response_bytes: Some(310),
             headers: vec![
-                (Arc::from("user-agent"), "te\"st\n\u{1}é".to_string()),
-                (Arc::from("host"), "h".to_string()),
+                (Arc::from("user-agent"), "te\"st\n\u{1}é".into()),
+                (Arc::from("host"), "h".into()),
             ],
             credentials: vec![CredentialEntry {
                 header: "authorization",
@@ -744,7 +744,7 @@ mod tests {
             client_port: entry.client.map(|(_, port)| port),
             server_port: entry.server_port,
             method: entry.method.to_string(),
-            path: entry.path.clone(),
+            path: entry.path.to_string(),
             http_version: entry.http_version.to_string(),
             status: entry.status,
             duration_ms: entry.duration_ns.map(|n| n as f64 / 1e6),
@@ -754,7 +754,7 @@ mod tests {
             headers: entry
                 .headers
                 .iter()
-                .map(|(n, v)| (n.to_string(), v.clone()))
+                .map(|(n, v)| (n.to_string(), v.to_string()))
                 .collect(),
             credentials: entry
                 .credentials
@@ -836,7 +836,7 @@ mod tests {
                 entry.headers = (0..20)
                     .map(|h| {
                         let h = if i % 2 == 0 { h } else { 19 - h };
-                        (names[h].clone(), format!("value-{}", h % 3))
+                        (names[h].clone(), format!("value-{}", h % 3).into())
                     })
                     .collect();
                 entry
