@@ -186,7 +186,10 @@ impl Collector {
                 Some(waiter) => waiter.wait(timeout),
                 None => std::thread::sleep(timeout),
             }
-            self.drain_kernel();
+            // The gateway's halves first: they wait boxed (a pointer in the
+            // join map), and the kernel's then mostly find theirs; the
+            // other way round each kernel half (a whole entry) was moved
+            // into the map and out again.
             loop {
                 match receiver.try_recv() {
                     Ok(Event::Call(record, None)) => self.push(*record),
@@ -206,6 +209,7 @@ impl Collector {
                     self.write();
                 }
             }
+            self.drain_kernel();
             if last_write.elapsed() >= BATCH_DELAY {
                 last_write = Instant::now();
                 self.expire(false);
