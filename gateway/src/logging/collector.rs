@@ -144,6 +144,10 @@ struct Collector {
     kernel_counters: Vec<(String, u64)>,
     /// The kernel counters as last handed to the writer.
     sent_counters: Vec<(String, u64)>,
+    /// When this round of draining began: the arrival time of the halves
+    /// that wait for their partner (the join window is seconds; a clock
+    /// read per half showed in the profile).
+    round_start: Instant,
 }
 
 impl Collector {
@@ -156,6 +160,7 @@ impl Collector {
             waiting_kernel: JoinMap::default(),
             kernel_counters: Vec::new(),
             sent_counters: Vec::new(),
+            round_start: Instant::now(),
         }
     }
 
@@ -186,6 +191,7 @@ impl Collector {
                 Some(waiter) => waiter.wait(timeout),
                 None => std::thread::sleep(timeout),
             }
+            self.round_start = Instant::now();
             // The gateway's halves first: they wait boxed (a pointer in the
             // join map), and the kernel's then mostly find theirs; the
             // other way round each kernel half (a whole entry) was moved
@@ -260,7 +266,7 @@ impl Collector {
                 self.push(kernel);
             }
             None => {
-                self.waiting_gateway.insert(key, (record, Instant::now()));
+                self.waiting_gateway.insert(key, (record, self.round_start));
             }
         }
     }
@@ -276,7 +282,7 @@ impl Collector {
                 self.push(entry);
             }
             None => {
-                self.waiting_kernel.insert(key, (entry, Instant::now()));
+                self.waiting_kernel.insert(key, (entry, self.round_start));
             }
         }
     }

@@ -70,9 +70,11 @@ impl SmallText {
     /// Captured bytes as text, invalid UTF-8 replaced as
     /// `String::from_utf8_lossy` does.
     pub fn from_utf8_lossy(bytes: &[u8]) -> SmallText {
-        match String::from_utf8_lossy(bytes) {
-            Cow::Borrowed(text) => SmallText::new(text),
-            Cow::Owned(text) => SmallText::from(text),
+        // Valid text (nearly always) through the plain check, which is
+        // cheaper than the lossy decoder's chunk iterator.
+        match std::str::from_utf8(bytes) {
+            Ok(text) => SmallText::new(text),
+            Err(_) => SmallText::from(String::from_utf8_lossy(bytes).into_owned()),
         }
     }
 
