@@ -189,11 +189,8 @@ impl RequestRecord {
     }
     /// Value kept for capture slot `i` (see `FIELD_NAMES`), `None` if absent.
     pub fn field(&self, i: usize) -> Option<String> {
-        let f = self.fields.get(i)?;
-        if f.count == 0 {
-            return None;
-        }
-        Some(text(&f.value, f.len as usize))
+        self.field_bytes(i)
+            .map(|bytes| String::from_utf8_lossy(bytes).into_owned())
     }
     /// The kept bytes of capture slot `i`, `None` if absent.
     pub fn field_bytes(&self, i: usize) -> Option<&[u8]> {

@@ -7,8 +7,8 @@
 //! syscall tracepoint at all, so no task on the machine is put on the
 //! syscall tracing slow path. `SOCK_CONNS` is keyed by the socket's address.
 //! * `sock/inet_sock_set_state`: a connection to a registered listening
-//!   port becomes established → entry in `SOCK_CONNS`; it starts closing (our
-//!   FIN, or a reset) → flush, close record, entry removed.
+//!   port becomes established → entry in `SOCK_CONNS`; the raw (tp_btf) one:
+//!   it starts closing (our FIN, or a reset) → flush, close record, removed.
 //! * `tp_btf/sock_recv_length`, `tp_btf/sock_send_length`: bytes the
 //!   gateway read / wrote on a tracked socket → request / response parser;
 //!   the buffers come from the registers its syscall saved.

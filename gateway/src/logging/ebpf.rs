@@ -18,10 +18,14 @@ use super::collector::{JoinKey, KernelFeed};
 use super::fingerprint::FingerprintKey;
 use super::record::{self, CallEntry, Capture as CaptureKind, CredentialEntry, SmallText};
 
-/// Kernel half-exchanges waiting for their other half at most: the programs
-/// track 2048 connections and HTTP/1.1 answers one request at a time, so
-/// beyond this the oldest belong to connections whose close record was lost
-/// (ring buffer full) and are dropped, counted in `kernel.unjoined_evicted`.
+/// Kernel half-exchanges waiting for their other half at most. The join
+/// rarely holds any: the kernel sends a request alone only when it is
+/// pipelined, cut short or unanswered at close (a request waiting for a
+/// slow upstream stays in the kernel). Beyond this the oldest are taken to
+/// belong to connections whose close record was lost (ring buffer full)
+/// and are dropped, counted in `kernel.unjoined_evicted`. (Until session 6
+/// the bound followed the 2 048 connections the programs tracked; the
+/// socket layer now tracks up to 65 536, and this bound stayed.)
 const MAX_PENDING: usize = 8192;
 /// Ring buffer size in bytes, instead of the programs' 1 MiB: a power of two,
 /// at least one page. For tests (a tiny ring to provoke drops) and tuning;
