@@ -21,7 +21,7 @@ use http::Request;
 use crate::config::{CaptureMode, Config};
 use crate::store::logs::LogStore;
 use capture::CaptureList;
-use collector::{CollectorConfig, Event, LogSink};
+use collector::{CollectorConfig, LogSink};
 use fingerprint::FingerprintKey;
 use record::{CallEntry, Capture};
 pub use ticket::{ConnContext, GatewayFacts, LogTicket};
@@ -249,7 +249,7 @@ impl Logging {
         // The collector drains the kernel's last records before it writes;
         // the programs detach when it ends.
         sink.flush(timeout);
-        sink.send(Event::Stop);
+        sink.stop();
         let handle = self.collector.lock().ok().and_then(|mut h| h.take());
         if let Some(handle) = handle {
             let _ = handle.join();

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use http::{HeaderMap, header};
 
-use super::collector::{Event, JoinKey, LogSink};
+use super::collector::{JoinKey, LogSink};
 pub use super::record::GatewayFacts;
 use super::record::{CallEntry, Capture};
 use super::usage::{TapMode, UsageTap};
@@ -130,7 +130,7 @@ impl Drop for LogTicket {
                 .notes
                 .push("response not completed: the client went away or the upstream failed".into());
         }
-        self.sink.send(Event::Call(record, self.join));
+        self.sink.send_call(record, self.join);
     }
 }
 

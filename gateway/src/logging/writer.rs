@@ -16,6 +16,15 @@ use crate::store::logs::LogStore;
 
 /// Batches waiting for the disk at most (×512 records at the most each).
 const QUEUE_BATCHES: usize = 64;
+/// Written batches kept for the collector to fill again. A batch is a
+/// 217 KB buffer: allocated by the collector and freed here, a new one
+/// every 15 ms under load cost the collector an allocator slow path and
+/// page faults (≈ 15 % of its profile) and kept freed buffers resident.
+const SPARE_BATCHES: usize = 2;
+/// The log store's SQLite page cache, in KiB. Writing appends blocks and
+/// updates a few index pages; the default 2 MiB cache only held pages
+/// already written, resident for nothing.
+const STORE_CACHE_KIB: i64 = 256;
 const TRIM_EVERY: Duration = Duration::from_secs(60);
 
 enum Job {
@@ -28,6 +37,8 @@ enum Job {
 pub struct StoreWriter {
     /// `None` once stopped; dropping it ends the thread after the queue.
     jobs: Option<SyncSender<Job>>,
+    /// Emptied batches coming back, their buffers kept.
+    spares: Receiver<Vec<CallEntry>>,
     counters: Arc<CollectorCounters>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -48,14 +59,19 @@ impl StoreWriter {
         batches: usize,
     ) -> std::io::Result<StoreWriter> {
         let (jobs, queue) = mpsc::sync_channel(batches);
+        let (return_spare, spares) = mpsc::sync_channel(SPARE_BATCHES);
+        if let Err(err) = store.limit_cache_kib(STORE_CACHE_KIB) {
+            tracing::debug!(error = %err, "cannot limit the log store's page cache");
+        }
         let thread = {
             let counters = counters.clone();
             std::thread::Builder::new()
                 .name("apx-log-writer".into())
-                .spawn(move || Writer::new(store, config, counters).run(queue))?
+                .spawn(move || Writer::new(store, config, counters, return_spare).run(queue))?
         };
         Ok(StoreWriter {
             jobs: Some(jobs),
+            spares,
             counters,
             thread: Some(thread),
         })
@@ -74,6 +90,13 @@ impl StoreWriter {
             }
             Err(TrySendError::Disconnected(_)) => {}
         }
+    }
+
+    /// An empty batch to fill: a written one back from the writer, or new.
+    pub fn empty_batch(&self, capacity: usize) -> Vec<CallEntry> {
+        self.spares
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(capacity))
     }
 
     /// Answers `ack` once everything queued before is written (waits for
@@ -102,11 +125,18 @@ struct Writer {
     stored_counters: Vec<(String, u64)>,
     kernel_counters: Vec<(String, u64)>,
     last_trim: Instant,
+    return_spare: SyncSender<Vec<CallEntry>>,
 }
 
 impl Writer {
-    fn new(store: LogStore, config: CollectorConfig, counters: Arc<CollectorCounters>) -> Writer {
+    fn new(
+        store: LogStore,
+        config: CollectorConfig,
+        counters: Arc<CollectorCounters>,
+        return_spare: SyncSender<Vec<CallEntry>>,
+    ) -> Writer {
         Writer {
+            return_spare,
             store,
             config,
             counters,
@@ -119,11 +149,14 @@ impl Writer {
     fn run(mut self, queue: Receiver<Job>) {
         loop {
             match queue.recv_timeout(TRIM_EVERY) {
-                Ok(Job::Batch(batch, kernel_counters)) => {
+                Ok(Job::Batch(mut batch, kernel_counters)) => {
                     if !kernel_counters.is_empty() {
                         self.kernel_counters = kernel_counters;
                     }
                     self.write(&batch);
+                    batch.clear();
+                    // Two spares at most wait; any more are freed here.
+                    let _ = self.return_spare.try_send(batch);
                 }
                 Ok(Job::Flush(ack)) => {
                     self.store_counters();
@@ -236,6 +269,42 @@ mod tests {
             status: Some(200),
             ..CallEntry::default()
         }
+    }
+
+    /// A written batch comes back empty with its buffer for the collector
+    /// to fill again; the records in it are stored.
+    #[test]
+    fn written_batches_come_back_empty_for_reuse() {
+        let dir = std::env::temp_dir().join(format!("apx-writer-spare-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("logs.db");
+        let counters = Arc::new(CollectorCounters::default());
+        let config = CollectorConfig {
+            retention: Duration::from_secs(3600),
+            max_bytes: u64::MAX,
+        };
+        let writer = StoreWriter::start(LogStore::open(&path).unwrap(), config, counters).unwrap();
+        let mut batch = Vec::with_capacity(777);
+        batch.extend((0..5).map(entry));
+        writer.write(batch, Vec::new());
+        let (ack, done) = mpsc::sync_channel(1);
+        writer.flush(ack);
+        done.recv_timeout(Duration::from_secs(10)).unwrap();
+        let spare = writer.empty_batch(1);
+        assert!(spare.is_empty());
+        assert_eq!(spare.capacity(), 777);
+        assert_eq!(
+            writer.empty_batch(1).capacity(),
+            1,
+            "only one batch was written"
+        );
+        writer.stop();
+        let stored = LogStore::open(&path)
+            .unwrap()
+            .query(&LogQuery::default())
+            .unwrap();
+        assert_eq!(stored.len(), 5);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// A store another connection keeps locked stands for a stalled disk:

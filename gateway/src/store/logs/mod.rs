@@ -200,6 +200,14 @@ impl LogStore {
         })
     }
 
+    /// Bounds SQLite's page cache of this connection (the writer's: the
+    /// default of 2 MiB is more than appending blocks needs).
+    pub fn limit_cache_kib(&self, kib: i64) -> Result<(), StoreError> {
+        // A negative cache_size is a size in KiB rather than in pages.
+        self.conn.pragma_update(None, "cache_size", -kib)?;
+        Ok(())
+    }
+
     /// Writes records, and counter values (records dropped and why, for
     /// `apx logs --stats`), in one transaction: all are stored, or none is.
     pub fn insert(
