@@ -104,6 +104,10 @@ enum Command {
     /// Show where apx keeps its files.
     #[command(after_help = "Examples:\n  apx paths\n  apx paths --json\n  apx paths state_dir")]
     Paths(commands::paths::Args),
+    /// Internal: loads the eBPF capture programs for `apx serve`, which runs
+    /// it (see apx_gateway::logging::ebpf_loader).
+    #[command(name = "__ebpf-loader", hide = true)]
+    EbpfLoader,
 }
 
 fn main() -> ExitCode {
@@ -128,6 +132,10 @@ fn main() -> ExitCode {
         Command::Serve(args) => commands::serve::run(&config_path, args),
         Command::Check => commands::serve::check(&config_path),
         Command::Paths(args) => commands::paths::run(&config_path, args),
+        Command::EbpfLoader => {
+            let code = apx_gateway::logging::ebpf_loader::serve_loader_request();
+            return ExitCode::from(u8::try_from(code).unwrap_or(1));
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

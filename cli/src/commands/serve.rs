@@ -75,6 +75,13 @@ fn raise_open_file_limit() {
 pub fn run(config_path: &Path, args: Args) -> anyhow::Result<()> {
     tune_allocator_or_reexec();
     raise_open_file_limit();
+    // eBPF programs are loaded by a short-lived copy of this binary: the
+    // kernel BTF that loading parses stays out of the gateway's memory.
+    // /proc/self/exe runs even if the file was replaced since.
+    apx_gateway::logging::ebpf_loader::use_loader_process(
+        "/proc/self/exe".into(),
+        vec!["__ebpf-loader".into()],
+    );
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let subscriber = tracing_subscriber::fmt()

@@ -103,6 +103,11 @@ impl Home {
 
     /// `apx init --yes` with an upstream at `mock` for openai and anthropic.
     pub fn init_with_mock(&self, mock: &str) {
+        self.init_with_mock_capturing(mock, "userspace");
+    }
+
+    /// [`Home::init_with_mock`] with `logging.capture = capture`.
+    pub fn init_with_mock_capturing(&self, mock: &str, capture: &str) {
         let out = self.run_env(
             &[
                 "init",
@@ -116,7 +121,7 @@ impl Home {
                 "--port",
                 &self.port.to_string(),
                 "--capture",
-                "userspace",
+                capture,
             ],
             &[
                 ("OPENAI_API_KEY", OPENAI_KEY),

@@ -13,7 +13,9 @@
 //! listening sockets (`Config::listeners` or `Capture::register_listener`),
 //! then wait on `Capture::ring_fd()` (e.g. tokio `AsyncFd`) and call `poll`.
 
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+pub mod handoff;
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -215,10 +217,18 @@ pub struct ProgStat {
 }
 
 pub struct Capture {
-    ebpf: Ebpf,
+    /// The loaded object; `None` in a capture received from the process
+    /// that loaded it (see [`handoff`]), which holds only fds.
+    ebpf: Option<Ebpf>,
     layer: HookLayer,
     prog_load: Vec<(&'static str, Duration)>,
     ring: RingBuf<MapData>,
+    stats: PerCpuArray<MapData, u64>,
+    /// `stats`'s fd number (aya's array does not lend its fd), for [`handoff`].
+    stats_fd: RawFd,
+    /// A received capture's fds (programs, links, maps) that keep it
+    /// attached; closed, and so detached, when the capture is dropped.
+    _kept: Vec<OwnedFd>,
     /// A request box to decode the next request record into.
     spare: Option<Box<RequestRecord>>,
     /// Time spent in `EbpfLoader::load` (includes verification of all programs).
@@ -526,11 +536,20 @@ impl Capture {
                 .ok_or(Error("no EVENTS map".into()))?,
         )
         .map_err(err("EVENTS"))?;
+        let stats_map = ebpf.take_map("STATS").ok_or(Error("no STATS map".into()))?;
+        let stats_fd = match &stats_map {
+            aya::maps::Map::PerCpuArray(data) => data.fd().as_fd().as_raw_fd(),
+            _ => return Err(Error("STATS is not a per-CPU array".into())),
+        };
+        let stats = PerCpuArray::try_from(stats_map).map_err(err("STATS"))?;
         Ok(Capture {
-            ebpf,
+            ebpf: Some(ebpf),
             layer,
             prog_load,
             ring,
+            stats,
+            stats_fd,
+            _kept: Vec::new(),
             spare: None,
             load_time,
             attach_time,
@@ -539,7 +558,10 @@ impl Capture {
 
     /// Tell the kernel side that `fd` listens on `port` (listener opened after start).
     pub fn register_listener(&mut self, fd: u32, port: u16) -> Result<(), Error> {
-        add_listener(&mut self.ebpf, fd, port)
+        let ebpf = self.ebpf.as_mut().ok_or(Error(
+            "listeners are registered by the process that loaded the programs".into(),
+        ))?;
+        add_listener(ebpf, fd, port)
     }
 
     /// The hook layer that was attached.
@@ -594,7 +616,8 @@ impl Capture {
                 load_time: *load_time,
                 ..Default::default()
             };
-            if let Some(fd) = self.ebpf.program(name).and_then(|p| p.fd().ok()) {
+            let program = self.ebpf.as_ref().and_then(|ebpf| ebpf.program(name));
+            if let Some(fd) = program.and_then(|p| p.fd().ok()) {
                 let raw = fd.as_fd().as_raw_fd();
                 if let Ok(text) = std::fs::read_to_string(format!("/proc/self/fdinfo/{raw}")) {
                     for line in text.lines() {
@@ -618,9 +641,7 @@ impl Capture {
     }
 
     pub fn stats(&self) -> Result<Stats, Error> {
-        let arr: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(self.ebpf.map("STATS").ok_or(Error("no STATS map".into()))?)
-                .map_err(err("STATS"))?;
+        let arr = &self.stats;
         let sum = |i: u32| -> u64 { arr.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0) };
         Ok(Stats {
             ringbuf_drops: sum(stats::RINGBUF_DROPS),

@@ -86,6 +86,7 @@ fn kernel_too_old() -> Option<String> {
 }
 
 /// What the kernel side needs to know about this process.
+#[derive(Clone)]
 pub struct EbpfSettings {
     pub listener_fd: u32,
     pub listener_port: u16,
@@ -103,41 +104,27 @@ pub struct EbpfCapture {
     clock: WallClock,
     evicted: u64,
     pub load_time: Duration,
+    /// The programs were loaded by a loader process (see `ebpf_loader`).
+    pub loaded_by_helper: bool,
 }
 
 impl EbpfCapture {
-    /// Loads and attaches the programs.
+    /// Loads and attaches the programs: in a loader process when the
+    /// binary registered one (its memory for the kernel's BTF is then not
+    /// this process's), else here.
     pub fn start(settings: &EbpfSettings) -> Result<EbpfCapture, String> {
         if let Some(reason) = kernel_too_old() {
             return Err(reason);
         }
-        let ring_bytes = ring_bytes_from_env()?;
-        let layer = hooks_from_env()?;
-        let config = apx_capture::Config {
-            layer,
-            fingerprint_key: settings.fingerprint_key.bytes(),
-            extra_headers: settings.extra_headers.clone(),
-            listeners: vec![(settings.listener_fd, settings.listener_port)],
-            // Only the gateway's own listener: not the built-in echo
-            // provider's, not upstream connections.
-            require_listener: true,
-            // tokio/mio move socket bytes with recvfrom/sendto/readv/writev
-            // only; plain read/write in this process are eventfd wake-ups,
-            // so their tracepoints would only cost.
-            plain_read_write: false,
-            ringbuf_bytes: ring_bytes,
-            // The collector polls every batch period anyway; a wake-up is a
-            // self-IPI (a VM exit under virtualisation), so the kernel wakes
-            // it only when a quarter of the ring is pending: measured ~2–4
-            // µs per request less than at 64 KiB, still leaving 3/4 of the
-            // ring for the time the collector takes to come round.
-            wakeup_bytes: Some(
-                wakeup_bytes_from_env()?
-                    .unwrap_or(u64::from(ring_bytes.unwrap_or(DEFAULT_RING_BYTES)) / 4),
-            ),
-            ..apx_capture::Config::for_pid(std::process::id())
+        let (capture, loaded_by_helper) = match super::ebpf_loader::load(settings) {
+            Some(Ok(capture)) => (capture, true),
+            Some(Err(super::ebpf_loader::LoaderError::Refused(reason))) => return Err(reason),
+            Some(Err(super::ebpf_loader::LoaderError::Unavailable(why))) => {
+                tracing::warn!("the eBPF loader process did not answer ({why}); loading here");
+                (load_here(settings)?, false)
+            }
+            None => (load_here(settings)?, false),
         };
-        let capture = Capture::start(&config).map_err(|err| err.0)?;
         let load_time = capture.attach_time;
         Ok(EbpfCapture {
             capture,
@@ -146,8 +133,48 @@ impl EbpfCapture {
             clock: WallClock::measure(),
             evicted: 0,
             load_time,
+            loaded_by_helper,
         })
     }
+}
+
+/// Loads and attaches the programs in this process.
+fn load_here(settings: &EbpfSettings) -> Result<Capture, String> {
+    Capture::start(&capture_config(settings, std::process::id())?).map_err(|err| err.0)
+}
+
+/// The loader's configuration for capturing process `tgid`'s connections.
+pub(super) fn capture_config(
+    settings: &EbpfSettings,
+    tgid: u32,
+) -> Result<apx_capture::Config, String> {
+    let ring_bytes = ring_bytes_from_env()?;
+    let layer = hooks_from_env()?;
+    let config = apx_capture::Config {
+        layer,
+        fingerprint_key: settings.fingerprint_key.bytes(),
+        extra_headers: settings.extra_headers.clone(),
+        listeners: vec![(settings.listener_fd, settings.listener_port)],
+        // Only the gateway's own listener: not the built-in echo
+        // provider's, not upstream connections.
+        require_listener: true,
+        // tokio/mio move socket bytes with recvfrom/sendto/readv/writev
+        // only; plain read/write in this process are eventfd wake-ups,
+        // so their tracepoints would only cost.
+        plain_read_write: false,
+        ringbuf_bytes: ring_bytes,
+        // The collector polls every batch period anyway; a wake-up is a
+        // self-IPI (a VM exit under virtualisation), so the kernel wakes
+        // it only when a quarter of the ring is pending: measured ~2–4
+        // µs per request less than at 64 KiB, still leaving 3/4 of the
+        // ring for the time the collector takes to come round.
+        wakeup_bytes: Some(
+            wakeup_bytes_from_env()?
+                .unwrap_or(u64::from(ring_bytes.unwrap_or(DEFAULT_RING_BYTES)) / 4),
+        ),
+        ..apx_capture::Config::for_pid(tgid)
+    };
+    Ok(config)
 }
 
 impl EbpfCapture {

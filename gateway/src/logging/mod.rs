@@ -6,6 +6,7 @@
 pub mod capture;
 pub mod collector;
 pub mod ebpf;
+pub mod ebpf_loader;
 pub mod fingerprint;
 pub mod record;
 pub mod ticket;
@@ -106,9 +107,14 @@ fn choose_capture(
     match (attempt, mode) {
         (Ok(capture), _) => {
             let reason = format!(
-                "eBPF programs loaded and attached on {} in {} ms",
+                "eBPF programs loaded and attached on {} in {} ms{}",
                 capture.layer().name(),
-                capture.load_time.as_millis()
+                capture.load_time.as_millis(),
+                if capture.loaded_by_helper {
+                    " by a loader process"
+                } else {
+                    ""
+                }
             );
             Ok((
                 ActiveCapture {
