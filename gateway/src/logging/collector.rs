@@ -288,10 +288,10 @@ impl Collector {
         self.batch.push(record);
     }
 
-    fn gateway_half(&mut self, key: JoinKey, record: Box<CallEntry>) {
+    fn gateway_half(&mut self, key: JoinKey, mut record: Box<CallEntry>) {
         match self.waiting_kernel.remove(&key) {
             Some((mut kernel, _)) => {
-                kernel.absorb_gateway_half(*record);
+                kernel.absorb_gateway_half(&mut record);
                 self.push(kernel);
             }
             None => {
@@ -306,8 +306,8 @@ impl Collector {
             return;
         };
         match self.waiting_gateway.remove(&key) {
-            Some((gateway, _)) => {
-                entry.absorb_gateway_half(*gateway);
+            Some((mut gateway, _)) => {
+                entry.absorb_gateway_half(&mut gateway);
                 self.push(entry);
             }
             None => {
