@@ -10,6 +10,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod errors;
+pub mod intern;
 pub mod logging;
 pub mod providers;
 pub mod proxy;

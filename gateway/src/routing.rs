@@ -4,22 +4,24 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::config::Config;
+use crate::intern::intern;
 use crate::providers::{self, Provider};
 
 /// One model clients may call, and where it goes.
 pub struct ModelRoute {
-    /// The name clients send.
-    pub name: Arc<str>,
+    /// The name clients send. Names are interned (`crate::intern`): every
+    /// call's log record copies them.
+    pub name: &'static str,
     pub provider: Arc<dyn Provider>,
-    /// The provider's configured name, shared for cheap logging.
-    pub provider_name: Arc<str>,
+    /// The provider's configured name.
+    pub provider_name: &'static str,
     /// The name sent upstream instead, when configured.
-    pub upstream_model: Option<Arc<str>>,
+    pub upstream_model: Option<&'static str>,
 }
 
 /// All routes, looked up by the client's model name.
 pub struct RouteTable {
-    routes: HashMap<Arc<str>, Arc<ModelRoute>>,
+    routes: HashMap<&'static str, Arc<ModelRoute>>,
     /// In config order, for listings.
     ordered: Vec<Arc<ModelRoute>>,
     providers: Vec<Arc<dyn Provider>>,
@@ -37,16 +39,16 @@ impl RouteTable {
             .iter()
             .map(|model| {
                 Arc::new(ModelRoute {
-                    name: model.name.as_str().into(),
+                    name: intern(&model.name),
                     provider: providers[model.provider].clone(),
-                    provider_name: providers[model.provider].name().into(),
-                    upstream_model: model.upstream_model.as_deref().map(Arc::from),
+                    provider_name: intern(providers[model.provider].name()),
+                    upstream_model: model.upstream_model.as_deref().map(intern),
                 })
             })
             .collect();
         let routes = ordered
             .iter()
-            .map(|route| (route.name.clone(), route.clone()))
+            .map(|route| (route.name, route.clone()))
             .collect();
         Ok(RouteTable {
             routes,

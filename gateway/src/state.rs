@@ -78,8 +78,8 @@ impl Gateway {
 /// Keys listed in the config file itself.
 pub fn config_keys(config: &Config) -> impl Iterator<Item = GatewayKey> + '_ {
     config.keys.iter().map(|key| GatewayKey {
-        id: format!("config:{}", key.name).into(),
-        name: key.name.as_str().into(),
+        id: crate::intern::intern(&format!("config:{}", key.name)),
+        name: crate::intern::intern(&key.name),
         hash: key.hash,
         expires_at: None,
     })

@@ -2,23 +2,18 @@
 //! gateway make for the benchmark's chat call (shared header names and
 //! gateway facts, a path and header values of each call's own).
 
-use std::borrow::Cow;
-use std::sync::Arc;
-
 use apx_gateway::logging::record::{CallEntry, Capture, CredentialEntry, GatewayFacts};
+use std::borrow::Cow;
 
 /// `rows` calls starting at `base_unix_ns`, 50 µs apart.
 pub fn bench_calls(rows: usize, base_unix_ns: i64) -> Vec<CallEntry> {
-    let names: Vec<Arc<str>> = ["host", "user-agent", "content-type", "content-length"]
-        .into_iter()
-        .map(Arc::from)
-        .collect();
+    let names = ["host", "user-agent", "content-type", "content-length"];
     let facts = GatewayFacts {
-        key_id: Some(Arc::from("key_0123456789")),
-        key_name: Some(Arc::from("bench")),
-        model: Some(Arc::from("bench-model")),
-        upstream_model: Some(Arc::from("bench-model")),
-        provider: Some(Arc::from("mock")),
+        key_id: Some("key_0123456789"),
+        key_name: Some("bench"),
+        model: Some("bench-model"),
+        upstream_model: Some("bench-model"),
+        provider: Some("mock"),
         provider_kind: Some("openai"),
         upstream_status: Some(200),
         ..GatewayFacts::default()
@@ -42,10 +37,10 @@ pub fn bench_calls(rows: usize, base_unix_ns: i64) -> Vec<CallEntry> {
             request_bytes: Some(84),
             response_bytes: Some(310),
             headers: vec![
-                (names[0].clone(), "127.0.0.1:8080".into()),
-                (names[1].clone(), "OpenAI/Python 3.51.0".into()),
-                (names[2].clone(), "application/json".into()),
-                (names[3].clone(), "84".into()),
+                (names[0], "127.0.0.1:8080".into()),
+                (names[1], "OpenAI/Python 3.51.0".into()),
+                (names[2], "application/json".into()),
+                (names[3], "84".into()),
             ],
             credentials: vec![CredentialEntry {
                 header: "authorization",

@@ -55,8 +55,9 @@ impl fmt::Debug for KeyHash {
 pub struct GatewayKey {
     /// Public id, safe to log: `key_…` for stored keys, `config:<name>` for
     /// keys listed in the config file.
-    pub id: Arc<str>,
-    pub name: Arc<str>,
+    /// Interned (`crate::intern`): copied into every call's log record.
+    pub id: &'static str,
+    pub name: &'static str,
     pub hash: KeyHash,
     pub expires_at: Option<SystemTime>,
 }
@@ -182,7 +183,7 @@ mod tests {
         let mut headers = HeaderMap::new();
         assert_eq!(authenticate(&ring, &headers), Err(AuthError::Missing));
         headers.insert("x-api-key", "apx-secret".parse().unwrap());
-        assert_eq!(&*authenticate(&ring, &headers).unwrap().name, "alice");
+        assert_eq!(authenticate(&ring, &headers).unwrap().name, "alice");
         headers.insert("authorization", "Bearer apx-wrong".parse().unwrap());
         assert_eq!(authenticate(&ring, &headers), Err(AuthError::Invalid));
         headers.insert("authorization", "bearer  apx-secret ".parse().unwrap());
@@ -193,8 +194,8 @@ mod tests {
 
     fn test_key(name: &str, key: &str) -> GatewayKey {
         GatewayKey {
-            id: format!("config:{name}").into(),
-            name: name.into(),
+            id: crate::intern::intern(&format!("config:{name}")),
+            name: crate::intern::intern(name),
             hash: KeyHash::of(key),
             expires_at: None,
         }

@@ -2,20 +2,19 @@
 //! read from the request the gateway parsed. Used when eBPF is unavailable
 //! or not wanted; the fields and their bounds match the kernel's.
 
-use std::sync::Arc;
-
 use apx_capture_common as common;
 use http::{HeaderMap, HeaderName};
 
 use super::fingerprint::FingerprintKey;
 use super::record::{CredentialEntry, SmallText};
+use crate::intern::intern;
 
 /// The header names captured in clear: the fixed list, then configured extras.
 #[derive(Clone, Debug)]
 pub struct CaptureList {
     /// Parsed once (a lookup by `&str` parses the name on every request),
-    /// with the name as shared text for the records that carry it.
-    entries: Vec<(HeaderName, Arc<str>)>,
+    /// with the name interned for the records that carry it.
+    entries: Vec<(HeaderName, &'static str)>,
 }
 
 impl CaptureList {
@@ -30,18 +29,13 @@ impl CaptureList {
         // The config accepts only valid header names; any other is skipped.
         let entries = names
             .iter()
-            .filter_map(|n| {
-                Some((
-                    HeaderName::from_bytes(n.as_bytes()).ok()?,
-                    Arc::from(n.as_str()),
-                ))
-            })
+            .filter_map(|n| Some((HeaderName::from_bytes(n.as_bytes()).ok()?, intern(n))))
             .collect();
         CaptureList { entries }
     }
 
     /// Selected headers, values cut to the kernel's bound.
-    pub fn headers(&self, headers: &HeaderMap) -> (Vec<(Arc<str>, SmallText)>, bool) {
+    pub fn headers(&self, headers: &HeaderMap) -> (Vec<(&'static str, SmallText)>, bool) {
         let mut out = Vec::new();
         let mut truncated = false;
         for (name, shared) in &self.entries {
@@ -49,7 +43,7 @@ impl CaptureList {
                 let bytes = value.as_bytes();
                 truncated |= bytes.len() > common::VALUE_CAP;
                 let kept = &bytes[..bytes.len().min(common::VALUE_CAP)];
-                out.push((shared.clone(), SmallText::from_utf8_lossy(kept)));
+                out.push((*shared, SmallText::from_utf8_lossy(kept)));
             }
         }
         (out, truncated)
@@ -135,8 +129,8 @@ mod tests {
         assert_eq!(
             captured,
             vec![
-                (Arc::from("user-agent"), "OpenAI/Python 3.51.0".into()),
-                (Arc::from("x-tenant"), "acme".into())
+                ("user-agent", "OpenAI/Python 3.51.0".into()),
+                ("x-tenant", "acme".into())
             ]
         );
         let key = FingerprintKey::from_bytes(common::TEST_KEY);

@@ -7,7 +7,6 @@
 //! an offset measured at start.
 
 use std::borrow::Cow;
-use std::sync::Arc;
 use std::time::Duration;
 
 use apx_capture::common::{self as common, RequestRecord, ResponseRecord};
@@ -17,6 +16,7 @@ use super::capture::scheme_name;
 use super::collector::{JoinKey, KernelFeed};
 use super::fingerprint::FingerprintKey;
 use super::record::{self, CallEntry, Capture as CaptureKind, CredentialEntry, SmallText};
+use crate::intern::intern;
 
 /// Kernel half-exchanges waiting for their other half at most. The join
 /// rarely holds any: the kernel sends a request alone only when it is
@@ -100,7 +100,7 @@ pub struct EbpfCapture {
     capture: Capture,
     joiner: Joiner,
     /// Header name of each capture slot, shared by every record.
-    names: Vec<Arc<str>>,
+    names: Vec<&'static str>,
     clock: WallClock,
     evicted: u64,
     pub load_time: Duration,
@@ -268,11 +268,11 @@ fn wakeup_bytes_from_env() -> Result<Option<u64>, String> {
 }
 
 /// Header names of the capture slots, in slot order.
-fn slot_names(extra: &[String]) -> Vec<Arc<str>> {
+fn slot_names(extra: &[String]) -> Vec<&'static str> {
     common::FIELD_NAMES
         .iter()
-        .map(|n| Arc::from(*n))
-        .chain(extra.iter().map(|n| Arc::from(n.to_ascii_lowercase())))
+        .copied()
+        .chain(extra.iter().map(|n| intern(&n.to_ascii_lowercase())))
         .collect()
 }
 
@@ -344,7 +344,7 @@ fn is_http2(exchange: &Exchange) -> bool {
 
 fn to_entry(
     exchange: &Exchange,
-    names: &[Arc<str>],
+    names: &[&'static str],
     clock: &WallClock,
 ) -> (CallEntry, Option<JoinKey>) {
     let mut record = CallEntry {
@@ -389,7 +389,7 @@ fn to_entry(
 fn fill_request(
     record: &mut CallEntry,
     request: &RequestRecord,
-    names: &[Arc<str>],
+    names: &[&'static str],
     clock: &WallClock,
 ) {
     record.time_unix_ns = clock.wall(request.ts_first_ns);
@@ -411,7 +411,7 @@ fn fill_request(
         if let Some(value) = request.field_bytes(slot) {
             record
                 .headers
-                .push((name.clone(), SmallText::from_utf8_lossy(value)));
+                .push((name, SmallText::from_utf8_lossy(value)));
         }
     }
     for (slot, credential) in request.creds.iter().enumerate() {

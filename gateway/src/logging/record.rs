@@ -3,7 +3,6 @@
 
 use std::borrow::Cow;
 use std::net::IpAddr;
-use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
 
@@ -164,14 +163,15 @@ pub struct CredentialSeen {
 }
 
 /// What only the gateway knows about a call. Filled by the proxy whether or
-/// not logging is on (it is a handful of pointer copies).
+/// not logging is on: names interned at load (`crate::intern`), so a
+/// handful of pointer copies with no reference counts.
 #[derive(Clone, Debug, Default)]
 pub struct GatewayFacts {
-    pub key_id: Option<Arc<str>>,
-    pub key_name: Option<Arc<str>>,
-    pub model: Option<Arc<str>>,
-    pub upstream_model: Option<Arc<str>>,
-    pub provider: Option<Arc<str>>,
+    pub key_id: Option<&'static str>,
+    pub key_name: Option<&'static str>,
+    pub model: Option<&'static str>,
+    pub upstream_model: Option<&'static str>,
+    pub provider: Option<&'static str>,
     pub provider_kind: Option<&'static str>,
     pub stream: bool,
     pub upstream_status: Option<u16>,
@@ -215,8 +215,8 @@ pub struct CallEntry {
     pub first_chunk_ns: Option<u64>,
     pub request_bytes: Option<u64>,
     pub response_bytes: Option<u64>,
-    /// Selected request headers: shared lower-case name, value.
-    pub headers: Vec<(Arc<str>, SmallText)>,
+    /// Selected request headers: interned lower-case name, value.
+    pub headers: Vec<(&'static str, SmallText)>,
     pub credentials: Vec<CredentialEntry>,
     pub facts: GatewayFacts,
     pub input_tokens: Option<u64>,

@@ -55,14 +55,9 @@ pub async fn forward(
         .get(&summary.model)
         .ok_or_else(|| GatewayError::ModelNotFound(summary.model.to_string()))?;
     let provider: &dyn Provider = route.provider.as_ref();
-    facts.model = Some(route.name.clone());
-    facts.upstream_model = Some(
-        route
-            .upstream_model
-            .clone()
-            .unwrap_or_else(|| route.name.clone()),
-    );
-    facts.provider = Some(route.provider_name.clone());
+    facts.model = Some(route.name);
+    facts.upstream_model = Some(route.upstream_model.unwrap_or(route.name));
+    facts.provider = Some(route.provider_name);
     facts.provider_kind = Some(provider.kind().name());
     facts.stream = summary.stream;
     let endpoint_uri = provider

@@ -52,7 +52,7 @@ impl ModelListing {
 
 fn openai_model(route: &ModelRoute, created: SystemTime) -> Value {
     json!({
-        "id": &*route.name,
+        "id": route.name,
         "object": "model",
         "created": unix_seconds(created),
         "owned_by": route.provider.name(),
@@ -62,8 +62,8 @@ fn openai_model(route: &ModelRoute, created: SystemTime) -> Value {
 fn anthropic_model(route: &ModelRoute, created: SystemTime) -> Value {
     json!({
         "type": "model",
-        "id": &*route.name,
-        "display_name": &*route.name,
+        "id": route.name,
+        "display_name": route.name,
         "created_at": rfc3339(created),
     })
 }

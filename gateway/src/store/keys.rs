@@ -31,8 +31,8 @@ impl StoredKey {
 
     pub fn to_gateway_key(&self) -> GatewayKey {
         GatewayKey {
-            id: self.id.as_str().into(),
-            name: self.name.as_str().into(),
+            id: crate::intern::intern(&self.id),
+            name: crate::intern::intern(&self.name),
             hash: self.hash,
             expires_at: self.expires_at,
         }
@@ -214,7 +214,7 @@ mod tests {
         assert_eq!(store.list().unwrap().len(), 2);
         let active = store.active().unwrap();
         assert_eq!(active.len(), 1);
-        assert_eq!(&*active[0].name, "alice");
+        assert_eq!(active[0].name, "alice");
 
         let other = KeyStore::open(&dir.join("state.db")).unwrap();
         let before = other.data_version().unwrap();

@@ -149,9 +149,9 @@ fn call_terms(record: &CallEntry) -> [Option<Term<'_>>; TERM_KINDS] {
     [
         Some(Term::Capture(record.capture)),
         record.partial.then_some(Term::Partial),
-        facts.key_id.as_deref().map(Term::Key),
-        facts.key_name.as_deref().map(Term::KeyName),
-        facts.model.as_deref().map(Term::Model),
+        facts.key_id.map(Term::Key),
+        facts.key_name.map(Term::KeyName),
+        facts.model.map(Term::Model),
         record.status.map(Term::Status),
         record.status.map(|s| Term::Class(s / 100)),
     ]
@@ -333,11 +333,11 @@ impl BlockEncoder {
                 put_varint(out, number);
             }
             let texts = [
-                facts.key_id.as_deref(),
-                facts.key_name.as_deref(),
-                facts.model.as_deref(),
-                facts.upstream_model.as_deref(),
-                facts.provider.as_deref(),
+                facts.key_id,
+                facts.key_name,
+                facts.model,
+                facts.upstream_model,
+                facts.provider,
                 facts.provider_kind,
             ];
             for (i, text) in texts.into_iter().enumerate() {
@@ -380,8 +380,8 @@ struct StringTable<'t, 'r> {
 }
 
 /// A place in a call whose string is usually the previous call's: the
-/// same shared text (header names, key, model: one `Arc<str>` for every
-/// call) or equal text (method, path, most header values). Comparing with
+/// same interned text (header names, key, model: one `&'static str` for
+/// every call) or equal text (method, path, most header values). Comparing with
 /// the previous call's string there (a pointer, else the bytes) finds its
 /// index without hashing it.
 struct Place;
@@ -678,7 +678,6 @@ mod tests {
     use super::*;
     use crate::logging::record::{CredentialEntry, GatewayFacts};
     use std::borrow::Cow;
-    use std::sync::Arc;
 
     fn full(i: i64) -> CallEntry {
         CallEntry {
@@ -708,8 +707,8 @@ mod tests {
             request_bytes: Some(84),
             response_bytes: Some(310),
             headers: vec![
-                (Arc::from("user-agent"), "te\"st\n\u{1}é".into()),
-                (Arc::from("host"), "h".into()),
+                ("user-agent", "te\"st\n\u{1}é".into()),
+                ("host", "h".into()),
             ],
             credentials: vec![CredentialEntry {
                 header: "authorization",
@@ -717,11 +716,11 @@ mod tests {
                 fingerprint: 0x0011_2233_aabb_ccdd,
             }],
             facts: GatewayFacts {
-                key_id: Some(Arc::from("key_1")),
-                key_name: Some(Arc::from("alice")),
-                model: Some(Arc::from(if i == 1 { "b" } else { "a" })),
-                upstream_model: Some(Arc::from("up")),
-                provider: Some(Arc::from("mock")),
+                key_id: Some("key_1"),
+                key_name: Some("alice"),
+                model: Some(if i == 1 { "b" } else { "a" }),
+                upstream_model: Some("up"),
+                provider: Some("mock"),
                 provider_kind: Some("openai"),
                 stream: i == 1,
                 upstream_status: Some(200),
@@ -765,11 +764,11 @@ mod tests {
                     fingerprint: format!("{:016x}", c.fingerprint),
                 })
                 .collect(),
-            key_id: entry.facts.key_id.as_deref().map(str::to_string),
-            key_name: entry.facts.key_name.as_deref().map(str::to_string),
-            model: entry.facts.model.as_deref().map(str::to_string),
-            upstream_model: entry.facts.upstream_model.as_deref().map(str::to_string),
-            provider: entry.facts.provider.as_deref().map(str::to_string),
+            key_id: entry.facts.key_id.map(str::to_string),
+            key_name: entry.facts.key_name.map(str::to_string),
+            model: entry.facts.model.map(str::to_string),
+            upstream_model: entry.facts.upstream_model.map(str::to_string),
+            provider: entry.facts.provider.map(str::to_string),
             provider_kind: entry.facts.provider_kind.map(str::to_string),
             upstream_status: entry.facts.upstream_status,
             stream: entry.facts.stream,
@@ -828,15 +827,17 @@ mod tests {
     /// stored once and read back where they were.
     #[test]
     fn strings_that_change_place_round_trip() {
-        let names: Vec<Arc<str>> = (0..20).map(|i| Arc::from(format!("x-h{i}"))).collect();
+        let names: Vec<&'static str> = (0..20)
+            .map(|i| crate::intern::intern(&format!("x-h{i}")))
+            .collect();
         let entries: Vec<CallEntry> = (0..6i64)
             .map(|i| {
                 let mut entry = full(i);
-                entry.facts.model = Some(Arc::from(["ma", "mb"][i as usize % 2]));
+                entry.facts.model = Some(["ma", "mb"][i as usize % 2]);
                 entry.headers = (0..20)
                     .map(|h| {
                         let h = if i % 2 == 0 { h } else { 19 - h };
-                        (names[h].clone(), format!("value-{}", h % 3).into())
+                        (names[h], format!("value-{}", h % 3).into())
                     })
                     .collect();
                 entry

@@ -470,7 +470,7 @@ mod tests {
     use super::*;
     use crate::logging::record::{Capture, CredentialEntry, GatewayFacts};
 
-    fn record(n: i64, status: u16, model: &str) -> CallEntry {
+    fn record(n: i64, status: u16, model: &'static str) -> CallEntry {
         CallEntry {
             time_unix_ns: crate::time::unix_nanos(SystemTime::now()) + n,
             capture: Some(Capture::Userspace),
@@ -478,12 +478,12 @@ mod tests {
             path: "/v1/chat/completions".into(),
             status: Some(status),
             facts: GatewayFacts {
-                model: Some(model.into()),
-                key_id: Some("key_1".into()),
-                key_name: Some("alice".into()),
+                model: Some(model),
+                key_id: Some("key_1"),
+                key_name: Some("alice"),
                 ..GatewayFacts::default()
             },
-            headers: vec![("user-agent".into(), "te\"st\n\u{1}é".into())],
+            headers: vec![("user-agent", "te\"st\n\u{1}é".into())],
             credentials: vec![CredentialEntry {
                 header: "authorization",
                 scheme: "bearer",
