@@ -31,6 +31,8 @@ const STATUS_FAILED: u8 = 1;
 const READY_LEN: usize = 8 + 1 + 1 + 8 + 8 + 4 + 4 + 4;
 /// Below the kernel's `SCM_MAX_FD` (253) per message.
 const FDS_PER_MESSAGE: usize = 200;
+/// Most fds a receiver accepts from one loader.
+const MAX_FDS: usize = 4096;
 /// Largest message either side sends (a failure reason is cut to fit).
 const MAX_MESSAGE: usize = 4096;
 
@@ -124,6 +126,13 @@ pub fn receive(socket: BorrowedFd<'_>, timeout: Duration) -> Result<Answer, Erro
     let count = u32_at(take(4));
     let ring_index = u32_at(take(4));
     let stats_index = u32_at(take(4));
+    // A loader holds a few dozen fds; anything far beyond is a bad header,
+    // not a reason to reserve memory for it.
+    if count > MAX_FDS {
+        return Err(Error(format!(
+            "the eBPF loader process announced {count} fds"
+        )));
+    }
     if ring_index >= count || stats_index >= count {
         return Err(Error("the eBPF loader process sent bad fd indices".into()));
     }
