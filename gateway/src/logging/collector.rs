@@ -217,13 +217,14 @@ impl Collector {
             // into the map and out again.
             let mut received = 0;
             loop {
-                let event = receiver.try_recv();
-                if let Ok(Event::Call(..)) = event {
-                    received += 1;
-                }
-                match event {
-                    Ok(Event::Call(record, None)) => self.push(*record),
-                    Ok(Event::Call(record, Some(key))) => self.gateway_half(key, record),
+                match receiver.try_recv() {
+                    Ok(Event::Call(record, join)) => {
+                        received += 1;
+                        match join {
+                            None => self.push(*record),
+                            Some(key) => self.gateway_half(key, record),
+                        }
+                    }
                     Ok(Event::Flush(ack)) => {
                         self.finish_pending();
                         self.writer.flush(ack);

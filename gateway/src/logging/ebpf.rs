@@ -86,7 +86,6 @@ fn kernel_too_old() -> Option<String> {
 }
 
 /// What the kernel side needs to know about this process.
-#[derive(Clone)]
 pub struct EbpfSettings {
     pub listener_fd: u32,
     pub listener_port: u16,

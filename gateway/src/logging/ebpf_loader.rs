@@ -1,6 +1,7 @@
 //! The eBPF loader process: loading the programs parses the kernel's BTF
-//! (≈ 13 MB of heap, 31 → 20 MiB of the gateway's peak memory), so the
-//! `apx` binary has a short-lived copy of itself do it. The gateway sends it
+//! (≈ 13 MB of heap; the gateway's peak was 31 MiB a second after start,
+//! 12 MiB with the loader process), so the `apx` binary has a short-lived
+//! copy of itself do it. The gateway sends it
 //! what to load over a Unix socket (its stdin), it loads and attaches the
 //! programs for the gateway's pid and sends back every fd that keeps them
 //! running (`apx_capture::handoff`), then exits; the gateway holds those
