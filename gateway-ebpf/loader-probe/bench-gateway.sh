@@ -121,15 +121,16 @@ for mode in off userspace ebpf; do
         awk -v m="$mode" '{v[NR] = $1} END {printf "  %-9s %7.2f us/request\n", m, (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'
 done
 
-# Program fds are created in the loader's HOOKS order (load, attach, next),
-# so the gateway's bpf-prog fds, ascending, are these programs.
-hooks="enter_accept4 exit_accept4 enter_accept exit_accept enter_read exit_read enter_recvfrom exit_recvfrom enter_readv exit_readv enter_write exit_write enter_sendto exit_sendto enter_writev exit_writev enter_close exit_socket"
+# Each bpf-prog fd of the gateway, named by the kernel (bpftool, the name
+# truncated to 15 characters), with its run count and time.
+command -v bpftool >/dev/null || { echo "bench-gateway.sh: bpftool is needed for the program table" >&2; exit 2; }
 prog_stats() { # pid → "name run_cnt run_time_ns" lines
-    local i=0 fd names=($hooks)
+    local fd id name
     for fd in $(ls "/proc/$1/fd" | sort -n); do
         [ "$(readlink "/proc/$1/fd/$fd" 2>/dev/null)" = "anon_inode:bpf-prog" ] || continue
-        awk -v n="${names[$i]}" '/^run_cnt/ {c = $2} /^run_time_ns/ {t = $2} END {print n, c, t}' "/proc/$1/fdinfo/$fd"
-        i=$((i + 1))
+        id=$(awk '/^prog_id/ {print $2}' "/proc/$1/fdinfo/$fd")
+        name=$(bpftool prog show id "$id" 2>/dev/null | awk 'NR == 1 {for (i = 1; i <= NF; i++) if ($i == "name") print $(i + 1)}')
+        awk -v n="${name:-prog$id}" '/^run_cnt/ {c = $2} /^run_time_ns/ {t = $2} END {print n, c, t}' "/proc/$1/fdinfo/$fd"
     done
 }
 

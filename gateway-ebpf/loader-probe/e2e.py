@@ -62,6 +62,8 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path == "/sse":
             return self._sse()
+        if self.path in ("/chunk-lines", "/chunk-lines-bad"):
+            return self._chunk_lines(self.path.endswith("bad"))
         self._reply()
 
     def _sse(self):
@@ -82,6 +84,22 @@ class Handler(BaseHTTPRequestHandler):
             os.writev(fd, iov)
             time.sleep(0.01)
         os.writev(fd, [b"0\r\n\r\n"])
+
+    def _chunk_lines(self, bad):
+        # Chunk-size lines of every shape, each in its own iovec: plain,
+        # with an extension, upper case, leading zeros (7 digits), a line
+        # split across two iovecs; `bad`: a size line that is not hex.
+        self.send_response(200)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        fd = self.connection.fileno()
+        iov = [b"5\r\n", b"hello", b"\r\n", b"5;ext=1\r\n", b"there", b"\r\n", b"1A\r\n", b"x" * 26, b"\r\n",
+               b"0000006\r\n", b"world!", b"\r\n", b"1", b"0\r\n", b"y" * 16, b"\r\n"]
+        if bad:
+            iov += [b"zz\r\n", b"junk", b"\r\n"]
+        os.writev(fd, iov + [b"0\r\n\r\n"])
+        if bad:
+            self.close_connection = True
 
     def do_HEAD(self):
         self._reply()
@@ -318,6 +336,19 @@ def scenario_sse(port, hyper):
     s.close()
 
 
+def scenario_chunk_lines(port, hyper):
+    if hyper:
+        return
+    s = conn(port)
+    s.sendall(b"GET /chunk-lines HTTP/1.1\r\nHost: s\r\nX-Request-Id: cl1\r\n\r\n")
+    SSE_RECEIVED["cl1"] = recv_until(s, b"\r\n0\r\n\r\n")
+    s.sendall(b"GET /after-chunk-lines HTTP/1.1\r\nHost: s\r\nX-Request-Id: cl2\r\n\r\n")
+    recv_until(s, b"ok\n")
+    s.sendall(b"GET /chunk-lines-bad HTTP/1.1\r\nHost: s\r\nX-Request-Id: cl3\r\nConnection: close\r\n\r\n")
+    recv_all(s)
+    s.close()
+
+
 def scenario_hyper_bodies(port, hyper):
     s = conn(port)
     s.sendall(b"GET /chunked HTTP/1.1\r\nHost: h\r\nX-Request-Id: hc\r\n\r\n")
@@ -340,6 +371,7 @@ SCENARIOS = [
     scenario_continue,
     scenario_words,
     scenario_sse,
+    scenario_chunk_lines,
 ]
 
 
@@ -555,6 +587,23 @@ def main():
         len(se2) == 1 and se2[0]["seq"] == 1 and se2[0].get("response", {}).get("status") == 200 and "partial" not in se2[0]["response"].get("flags", []),
         str(se2),
     )
+
+    if not a.hyper:
+        cl1, cl2, cl3 = by_rid(lines, "cl1"), by_rid(lines, "cl2"), by_rid(lines, "cl3")
+        got = SSE_RECEIVED.get("cl1", b"")
+        r = cl1[0].get("response", {}) if len(cl1) == 1 else {}
+        c.check(
+            "chunk lines (extension, upper case, leading zeros, split): complete, bytes = bytes received",
+            r.get("status") == 200 and "chunked" in r.get("flags", []) and "partial" not in r.get("flags", []) and "malformed" not in r.get("flags", []) and r.get("bytes") == len(got),
+            f"{cl1} vs {len(got)} bytes",
+        )
+        c.check(
+            "chunk lines: next request on the connection parsed (seq 1, 200, complete)",
+            len(cl2) == 1 and cl2[0]["seq"] == 1 and cl2[0].get("response", {}).get("status") == 200 and "partial" not in cl2[0]["response"].get("flags", []),
+            str(cl2),
+        )
+        r3 = cl3[0].get("response", {}) if len(cl3) == 1 else {}
+        c.check("chunk lines: a size line that is not hex flags the response malformed", "malformed" in r3.get("flags", []), str(cl3))
 
     if a.hyper:
         hc, hs = by_rid(lines, "hc"), by_rid(lines, "hs")
