@@ -326,6 +326,28 @@ def scenario_words(port, hyper):
     s.close()
 
 
+# Authorization values whose scheme the word path takes (`Bearer ` in any
+# case, then the token or more spaces) or leaves to the byte path, with the
+# scheme, token and token length each must give.
+SCHEMES = [
+    (b"BEARER " + TOKEN.encode(), "bearer", TOKEN.encode()),
+    (b"Bearer  " + TOKEN.encode(), "bearer", TOKEN.encode()),
+    (b"bearer x", "bearer", b"x"),
+    (b"Bearer y\tz", "bearer", b"y\tz"),
+    (b"Basic dXNlcjpwYXNz", "basic", b"dXNlcjpwYXNz"),
+    (b"Bearerx " + TOKEN.encode(), "other", TOKEN.encode()),
+    (b"Bearer", "none", b"Bearer"),
+]
+
+
+def scenario_schemes(port, hyper):
+    s = conn(port)
+    for i, (value, _, _) in enumerate(SCHEMES):
+        s.sendall(b"GET /scheme HTTP/1.1\r\nHost: a\r\nX-Request-Id: scheme-%d\r\nAuthorization: %s\r\n\r\n" % (i, value))
+        recv_until(s, b"ok\n", timeout=1.0)
+    s.close()
+
+
 def scenario_sse(port, hyper):
     s = conn(port)
     s.sendall(b"GET /sse HTTP/1.1\r\nHost: s\r\nX-Request-Id: sse1\r\nAccept: text/event-stream\r\n\r\n")
@@ -370,6 +392,7 @@ SCENARIOS = [
     scenario_bighdr,
     scenario_continue,
     scenario_words,
+    scenario_schemes,
     scenario_sse,
     scenario_chunk_lines,
 ]
@@ -572,6 +595,14 @@ def main():
         if cr.get("authorization", {}).get("fp") != siphash24(TEST_KEY, token.encode()) or cr["authorization"].get("token_len") != n:
             bad_words.append((n, "authorization", cr.get("authorization")))
     c.check(f"words: {len(WORD_LENGTHS)} value lengths, captured values + fingerprints exact", not bad_words, str(bad_words))
+
+    bad_schemes = []
+    for i, (value, scheme, token) in enumerate(SCHEMES):
+        rec = by_rid(lines, f"scheme-{i}")
+        au = rec[0]["request"]["credentials"].get("authorization", {}) if len(rec) == 1 else {}
+        if (au.get("scheme"), au.get("fp"), au.get("token_len")) != (scheme, siphash24(TEST_KEY, token), len(token)):
+            bad_schemes.append((value, au))
+    c.check(f"authorization schemes: {len(SCHEMES)} values, scheme + token fingerprint + length exact", not bad_schemes, str(bad_schemes))
 
     se, se2 = by_rid(lines, "sse1"), by_rid(lines, "sse2")
     c.check("sse: one record", len(se) == 1, str(len(se)))

@@ -171,6 +171,9 @@ const TAIL_BASIC: u64 = pack(b"basic");
 const TAIL_HTTP11: u64 = pack(b"http/1.1");
 const TAIL_HTTP10: u64 = pack(b"http/1.0");
 const TAIL_HTTP20: u64 = pack(b"http/2.0");
+/// `bearer ` as the low 7 lanes of a little-endian word.
+const BEARER_SP: u64 = u64::from_le_bytes(*b"bearer \0");
+const LOW7: u64 = 0x00ff_ffff_ffff_ffff;
 const METHOD_HEAD: u64 = pack(b"head");
 const METHOD_CONNECT: u64 = pack(b"connect");
 const METHOD_PRI: u64 = pack(b"pri");
@@ -798,6 +801,14 @@ unsafe fn word_step<const RESP: bool>(
         if k == 0 || !target_run(c, w, k) {
             return 0;
         }
+        // A target that fills the word goes on into the next one.
+        if k == 8 && n2 > 0 {
+            let stop2 = range_lanes(w2, 0, b' ') | byte_lanes(w2, 0x7f);
+            let k2 = run_len(stop2, first_lanes(n2), n2);
+            if k2 > 0 && target_run(c, w2, k2) {
+                return 8 + k2;
+            }
+        }
         return k;
     }
     0
@@ -1113,6 +1124,25 @@ unsafe fn value_run<const RESP: bool>(c: &mut Conn, w: u64, k: u64) -> bool {
     // indexes with another, which the verifier cannot relate.
     let i = core::ptr::read_volatile(&d.tok) as usize;
     if cred == 0 && d.sub != 2 {
+        // `Bearer ` and the token's first byte in one go (what the byte
+        // path does with them, minus the scheme's fingerprint, which only
+        // a value without a space uses): 4 byte-path steps less per call.
+        if d.sub == 0 && i == 0 && k == 8 && slot >= FIELD_SLOTS && lower8(w) & LOW7 == BEARER_SP {
+            let b7 = (w >> 56) as u8;
+            d.scheme_len = 6;
+            d.num = TAIL_BEARER;
+            d.tail = lower8(w).swap_bytes();
+            if b7 == b' ' {
+                d.sub = 1;
+            } else {
+                d.sub = 2;
+                d.token_len = 1;
+                c.sip_b.push(b7);
+            }
+            c.rq.tok = 8;
+            c.req.bytes += 8;
+            return true;
+        }
         return false;
     }
     if slot < FIELD_SLOTS && i < VALUE_CAP && i + 8 > VALUE_CAP {
