@@ -62,6 +62,8 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path == "/sse":
             return self._sse()
+        if self.path.startswith("/raw-"):
+            return self._raw(int(self.path[5:]))
         if self.path in ("/chunk-lines", "/chunk-lines-bad"):
             return self._chunk_lines(self.path.endswith("bad"))
         self._reply()
@@ -99,6 +101,14 @@ class Handler(BaseHTTPRequestHandler):
             iov += [b"zz\r\n", b"junk", b"\r\n"]
         os.writev(fd, iov + [b"0\r\n\r\n"])
         if bad:
+            self.close_connection = True
+
+    def _raw(self, i):
+        # A response written as raw bytes (status line and Content-Length
+        # shapes the word paths take or leave), all in one write.
+        self.wfile.write(RAW_RESPONSES[i][0])
+        self.wfile.flush()
+        if RAW_RESPONSES[i][1] is None:
             self.close_connection = True
 
     def do_HEAD(self):
@@ -348,6 +358,29 @@ def scenario_schemes(port, hyper):
     s.close()
 
 
+# Raw responses: bytes, then (status, Content-Length) the record must show,
+# or None for a malformed one (sent last, the connection closes).
+RAW_RESPONSES = [
+    (b"HTTP/1.1 200\r\nContent-Length: 2\r\n\r\nok", (200, 2)),
+    (b"HTTP/1.1 404 Not Found\r\ncontent-length:  5 \r\n\r\nnope!", (404, 5)),
+    (b"HTTP/1.1 201 A reason phrase longer than a word\r\nContent-Length: 00000010\r\n\r\n0123456789", (201, 10)),
+    (b"HTTP/1.0 503 Busy\r\nRetry-After: 1\r\nContent-Length: 1234567\r\nX: y\r\n\r\n", None),
+]
+
+
+def scenario_raw_responses(port, hyper):
+    if hyper:
+        return
+    s = conn(port)
+    for i, (raw, want) in enumerate(RAW_RESPONSES):
+        s.sendall(b"GET /raw-%d HTTP/1.1\r\nHost: r\r\nX-Request-Id: raw-%d\r\n\r\n" % (i, i))
+        if want is None:
+            recv_all(s)
+        else:
+            recv_until(s, raw[-2:], timeout=1.0)
+    s.close()
+
+
 def scenario_sse(port, hyper):
     s = conn(port)
     s.sendall(b"GET /sse HTTP/1.1\r\nHost: s\r\nX-Request-Id: sse1\r\nAccept: text/event-stream\r\n\r\n")
@@ -395,6 +428,7 @@ SCENARIOS = [
     scenario_schemes,
     scenario_sse,
     scenario_chunk_lines,
+    scenario_raw_responses,
 ]
 
 
@@ -620,6 +654,19 @@ def main():
     )
 
     if not a.hyper:
+        bad_raw = []
+        for i, (raw, want) in enumerate(RAW_RESPONSES):
+            rec = by_rid(lines, f"raw-{i}")
+            r = rec[0].get("response", {}) if len(rec) == 1 else {}
+            flags = r.get("flags", [])
+            if want is None:
+                # Headers complete, body cut short by the close: partial, with its length.
+                ok = r.get("status") == 503 and r.get("content_length") == 1234567 and "partial" in flags
+            else:
+                ok = (r.get("status"), r.get("content_length")) == want and r.get("bytes") == len(raw) and rec[0]["seq"] == i and not {"partial", "malformed"} & set(flags)
+            if not ok:
+                bad_raw.append((raw[:40], rec))
+        c.check(f"raw responses: {len(RAW_RESPONSES)} status lines / Content-Length shapes exact", not bad_raw, str(bad_raw))
         cl1, cl2, cl3 = by_rid(lines, "cl1"), by_rid(lines, "cl2"), by_rid(lines, "cl3")
         got = SSE_RECEIVED.get("cl1", b"")
         r = cl1[0].get("response", {}) if len(cl1) == 1 else {}

@@ -724,6 +724,34 @@ unsafe fn word_step<const RESP: bool>(
         c.req.bytes += k;
         return k;
     }
+    if RESP && st == ST_L1B && c.rs.tok == 0 && n >= 4 {
+        // Status code and its separator, then the reason phrase if it
+        // ends in this word.
+        let want = first_lanes(3);
+        let sep = (w >> 24) & 0xff;
+        if range_lanes(w, b'0', b'9') & want != want
+            || (sep != b' ' as u64 && sep != CR as u64 && sep != LF as u64)
+        {
+            return 0;
+        }
+        let status = (w & 0xf) * 100 + ((w >> 8) & 0xf) * 10 + ((w >> 16) & 0xf);
+        c.resp.status = status as u16;
+        let d = &mut c.rs;
+        d.num = status;
+        d.tok = 3;
+        let mut k = 4;
+        if sep == b' ' as u64 {
+            d.st = ST_L1C;
+            let end = (byte_lanes(w, CR) | byte_lanes(w, LF)) & valid & !first_lanes(4);
+            k = if end == 0 { n } else { first_lane(end) };
+        } else if sep == CR as u64 {
+            d.st = ST_L1_LF;
+        } else {
+            d.st = ST_HSTART;
+        }
+        c.resp.bytes += k;
+        return k;
+    }
     if RESP && st == ST_L1C {
         // Reason phrase: everything up to CR/LF.
         let k = run_len(byte_lanes(w, CR) | byte_lanes(w, LF), valid, n);
@@ -757,6 +785,9 @@ unsafe fn word_step<const RESP: bool>(
         // Leading spaces/tabs of the value stay on the byte path.
         if st == ST_HOWS && (w & 0xff == b' ' as u64 || w & 0xff == b'\t' as u64) {
             return 0;
+        }
+        if RESP && c.rs.special == SP_CL {
+            return response_length(c, w, n);
         }
         let k = run_len(value_bad_lanes(w), valid, n);
         if k == 0 || !value_run::<RESP>(c, w, k) {
@@ -812,6 +843,33 @@ unsafe fn word_step<const RESP: bool>(
         return k;
     }
     0
+}
+
+/// A response's Content-Length value that ends in `w` (its first `n`
+/// bytes valid): up to 7 digits, decoded at once; the byte after them is
+/// left to the byte path, which judges it as it always does. 0: the byte
+/// path takes the value.
+#[inline(always)]
+unsafe fn response_length(c: &mut Conn, w: u64, n: u64) -> u64 {
+    let d = &mut c.rs;
+    let digits = run_len(!range_lanes(w, b'0', b'9') & LANE_HIGH8, first_lanes(n), n);
+    if d.tok != 0 || digits == 0 || digits >= n {
+        return 0;
+    }
+    let mut num = 0u64;
+    let mut lane = 0;
+    while lane < 7 {
+        if lane >= digits {
+            break;
+        }
+        num = num * 10 + ((w >> (8 * lane)) & 0xf);
+        lane += 1;
+    }
+    d.num = num;
+    d.tok = digits as u32;
+    d.st = ST_HVAL;
+    c.resp.bytes += digits;
+    digits
 }
 
 /// FNV-1a over the low `k` (≤ 8) lanes of the lower-cased word `lw`.
