@@ -381,6 +381,24 @@ def scenario_raw_responses(port, hyper):
     s.close()
 
 
+# Request Content-Length values (as sent) and their bodies.
+LENGTHS = [b"5", b"  12 ", b"0000007", b"123456", b"0"]
+
+
+def length_request(i, value):
+    body = b"b" * int(value)
+    return b"POST /len HTTP/1.1\r\nHost: l\r\nX-Request-Id: len-%d\r\nContent-Length: %s\r\n\r\n%s" % (i, value, body)
+
+
+def scenario_lengths(port, hyper):
+    s = conn(port)
+    for i, value in enumerate(LENGTHS):
+        s.sendall(length_request(i, value))
+        recv_until(s, b"\n", timeout=2.0)
+        time.sleep(0.02)
+    s.close()
+
+
 def scenario_sse(port, hyper):
     s = conn(port)
     s.sendall(b"GET /sse HTTP/1.1\r\nHost: s\r\nX-Request-Id: sse1\r\nAccept: text/event-stream\r\n\r\n")
@@ -426,6 +444,7 @@ SCENARIOS = [
     scenario_continue,
     scenario_words,
     scenario_schemes,
+    scenario_lengths,
     scenario_sse,
     scenario_chunk_lines,
     scenario_raw_responses,
@@ -637,6 +656,15 @@ def main():
         if (au.get("scheme"), au.get("fp"), au.get("token_len")) != (scheme, siphash24(TEST_KEY, token), len(token)):
             bad_schemes.append((value, au))
     c.check(f"authorization schemes: {len(SCHEMES)} values, scheme + token fingerprint + length exact", not bad_schemes, str(bad_schemes))
+
+    bad_lengths = []
+    for i, value in enumerate(LENGTHS):
+        rec = by_rid(lines, f"len-{i}")
+        q = rec[0]["request"] if len(rec) == 1 else {}
+        got = (q.get("content_length"), q.get("headers", {}).get("content-length", "").strip(), q.get("bytes"), q.get("flags"))
+        if got != (int(value), value.decode().strip(), len(length_request(i, value)), []):
+            bad_lengths.append((value, got))
+    c.check(f"request lengths: {len(LENGTHS)} Content-Length values, kept value + length + bytes exact", not bad_lengths, str(bad_lengths))
 
     se, se2 = by_rid(lines, "sse1"), by_rid(lines, "sse2")
     c.check("sse: one record", len(se) == 1, str(len(se)))

@@ -786,8 +786,8 @@ unsafe fn word_step<const RESP: bool>(
         if st == ST_HOWS && (w & 0xff == b' ' as u64 || w & 0xff == b'\t' as u64) {
             return 0;
         }
-        if RESP && c.rs.special == SP_CL {
-            return response_length(c, w, n);
+        if c_dir::<RESP>(c).special == SP_CL {
+            return length_digits::<RESP>(c, w, n);
         }
         let k = run_len(value_bad_lanes(w), valid, n);
         if k == 0 || !value_run::<RESP>(c, w, k) {
@@ -845,13 +845,13 @@ unsafe fn word_step<const RESP: bool>(
     0
 }
 
-/// A response's Content-Length value that ends in `w` (its first `n`
-/// bytes valid): up to 7 digits, decoded at once; the byte after them is
-/// left to the byte path, which judges it as it always does. 0: the byte
-/// path takes the value.
+/// A Content-Length value that ends in `w` (its first `n` bytes valid):
+/// up to 7 digits, decoded (and for a request kept) at once; the byte
+/// after them is left to the byte path, which judges it as it always does.
+/// 0: the byte path takes the value.
 #[inline(always)]
-unsafe fn response_length(c: &mut Conn, w: u64, n: u64) -> u64 {
-    let d = &mut c.rs;
+unsafe fn length_digits<const RESP: bool>(c: &mut Conn, w: u64, n: u64) -> u64 {
+    let d = c_dir::<RESP>(c);
     let digits = run_len(!range_lanes(w, b'0', b'9') & LANE_HIGH8, first_lanes(n), n);
     if d.tok != 0 || digits == 0 || digits >= n {
         return 0;
@@ -868,7 +868,13 @@ unsafe fn response_length(c: &mut Conn, w: u64, n: u64) -> u64 {
     d.num = num;
     d.tok = digits as u32;
     d.st = ST_HVAL;
-    c.resp.bytes += digits;
+    let slot = d.slot as usize;
+    add_bytes::<RESP>(c, digits);
+    if !RESP && slot < FIELD_SLOTS {
+        // The value starts the slot (tok was 0); lanes past the digits zero.
+        let v = c.req.fields.get_unchecked_mut(slot).value.as_mut_ptr();
+        core::ptr::write_unaligned(v as *mut u64, keep_low(w, digits).to_le());
+    }
     digits
 }
 
