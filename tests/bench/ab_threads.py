@@ -55,15 +55,21 @@ def thread_run_ns(pid: int) -> collections.Counter:
     return out
 
 
+def parse_specs(args: list[str]) -> list[tuple[str, Path, Path]]:
+    """`NAME=VARIANT@/path/to/apx` arguments as (name, variant file, binary)."""
+    specs = []
+    for arg in args:
+        name, rest = arg.split("=", 1)
+        variant, binary = rest.split("@", 1)
+        specs.append((name, HERE / "variants" / f"{variant}.toml", Path(binary)))
+    return specs
+
+
 def main() -> None:
     if len(sys.argv) < 5:
         sys.exit(__doc__)
     rounds, seconds, conns = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-    specs = []
-    for arg in sys.argv[4:]:
-        name, rest = arg.split("=", 1)
-        variant, binary = rest.split("@", 1)
-        specs.append((name, HERE / "variants" / f"{variant}.toml", Path(binary)))
+    specs = parse_specs(sys.argv[4:])
     bench = load_bench()
     tmp = Path(tempfile.mkdtemp(prefix="apx-ab-"))
     mock = bench.start_mock(REPO / "target" / "release", tmp)

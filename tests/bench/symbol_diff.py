@@ -33,7 +33,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from ab_threads import HERE, REPO, load_bench
+from ab_threads import REPO, load_bench, parse_specs
 
 FREQUENCY = 10_000
 
@@ -79,11 +79,7 @@ def main() -> None:
     if len(args) < 4:
         sys.exit(__doc__)
     seconds, conns = int(args[0]), int(args[1])
-    specs = []
-    for arg in args[2:]:
-        name, rest = arg.split("=", 1)
-        variant, binary = rest.split("@", 1)
-        specs.append((name, HERE / "variants" / f"{variant}.toml", Path(binary)))
+    specs = parse_specs(args[2:])
     bench = load_bench()
     tmp = Path(tempfile.mkdtemp(prefix="apx-symdiff-"))
     mock = bench.start_mock(REPO / "target" / "release", tmp)

@@ -194,9 +194,11 @@ impl Collector {
     /// were read and their memory reused: every 5 ms, CPU per request with
     /// user-space capture went 26.39 → 26.10 µs at 16 connections and
     /// 26.70 → 26.39 µs at 64 (medians of 5 interleaved rounds; eBPF
-    /// capture 28.74 → 28.19 and 28.91 → 28.40 µs). Sleeping instead of blocking on the channel matters: a
-    /// receiver blocked in `recv` is woken (a futex wake and a context
-    /// switch) by every request's record.
+    /// capture 28.74 → 28.19 and 28.91 → 28.40 µs).
+    ///
+    /// Sleeping instead of blocking on the channel matters: a receiver
+    /// blocked in `recv` is woken (a futex wake and a context switch) by
+    /// every request's record.
     fn run(mut self, receiver: Receiver<Event>) {
         let waiter = match &self.kernel {
             Some(kernel) => match RingWaiter::new(kernel.wait_fd()) {
@@ -204,7 +206,7 @@ impl Collector {
                 Err(err) => {
                     tracing::warn!(
                         "cannot wait for kernel wake-ups ({err}); draining the ring buffer every {} ms",
-                        BATCH_DELAY.as_millis()
+                        DRAIN_PERIOD.as_millis()
                     );
                     None
                 }
