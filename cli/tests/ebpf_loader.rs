@@ -11,18 +11,9 @@ mod common;
 use std::io::{Read, Write};
 use std::time::Duration;
 
+use common::ebpf_gate::ebpf_tests_run;
 use common::*;
 use serde_json::Value;
-
-fn ebpf_tests_run(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false");
-    if !root && !ci {
-        eprintln!("skipping {test}: loading eBPF programs needs root (and CI is not set)");
-    }
-    root || ci
-}
 
 fn get(port: u16, path: &str) -> String {
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use apx_gateway::logging::fingerprint::FingerprintKey;
 use apx_gateway::logging::record::{CallRecord, Capture};
 use apx_gateway::store::logs::{LogQuery, LogStore};
+use common::ebpf_gate::ebpf_tests_run;
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -30,18 +31,6 @@ const USERSPACE: &str = "[logging]\ncapture = \"userspace\"\nheaders = [\"x-tena
 const JOIN_WINDOW: Duration = Duration::from_secs(2);
 /// Set in the child process of `ring_buffer_drops_are_counted`.
 const CHILD: &str = "APX_EBPF_TEST_CHILD";
-
-/// Whether the eBPF tests run here: as root, or under CI whatever the user.
-fn ebpf_tests_run(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false");
-    if !root && !ci {
-        eprintln!("skipping {test}: loading eBPF programs needs root (and CI is not set)");
-        return false;
-    }
-    true
-}
 
 // ---- a raw HTTP/1.1 client ---------------------------------------------------
 

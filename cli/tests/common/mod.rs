@@ -9,6 +9,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+#[path = "../../../gateway/tests/common/ebpf_gate.rs"]
+pub mod ebpf_gate;
+
 pub const OPENAI_KEY: &str = "sk-upstream-openai-test";
 pub const ANTHROPIC_KEY: &str = "sk-ant-upstream-test";
 

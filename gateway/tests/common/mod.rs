@@ -18,6 +18,8 @@ use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
+pub mod ebpf_gate;
+
 pub const CLIENT_KEY: &str = "apx-test-client-key-0123456789";
 pub const OPENAI_UPSTREAM_KEY: &str = "sk-upstream-openai-test";
 pub const ANTHROPIC_UPSTREAM_KEY: &str = "sk-ant-upstream-test";
