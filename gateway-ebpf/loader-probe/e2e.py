@@ -281,7 +281,8 @@ def recv_until(s, marker, timeout=3.0):
     return data
 
 
-SSE_RECEIVED = {}
+# Bytes a scenario's client received, by request id, for the checks.
+RECEIVED = {}
 
 TEST_KEY = b"apx-fp-test-key!"  # common::TEST_KEY, the probe's default key
 WORD_LENGTHS = [1, 2, 7, 8, 9, 15, 16, 17, 23, 24, 25, 63, 64, 65, 116, 117, 118, 123, 124, 125, 131, 140]
@@ -403,7 +404,7 @@ def scenario_sse(port, hyper):
     s = conn(port)
     s.sendall(b"GET /sse HTTP/1.1\r\nHost: s\r\nX-Request-Id: sse1\r\nAccept: text/event-stream\r\n\r\n")
     got = recv_until(s, b"\r\n0\r\n\r\n")
-    SSE_RECEIVED["sse1"] = got
+    RECEIVED["sse1"] = got
     s.sendall(b"GET /after-sse HTTP/1.1\r\nHost: s\r\nX-Request-Id: sse2\r\nConnection: close\r\n\r\n")
     recv_all(s)
     s.close()
@@ -414,7 +415,7 @@ def scenario_chunk_lines(port, hyper):
         return
     s = conn(port)
     s.sendall(b"GET /chunk-lines HTTP/1.1\r\nHost: s\r\nX-Request-Id: cl1\r\n\r\n")
-    SSE_RECEIVED["cl1"] = recv_until(s, b"\r\n0\r\n\r\n")
+    RECEIVED["cl1"] = recv_until(s, b"\r\n0\r\n\r\n")
     s.sendall(b"GET /after-chunk-lines HTTP/1.1\r\nHost: s\r\nX-Request-Id: cl2\r\n\r\n")
     recv_until(s, b"ok\n")
     s.sendall(b"GET /chunk-lines-bad HTTP/1.1\r\nHost: s\r\nX-Request-Id: cl3\r\nConnection: close\r\n\r\n")
@@ -671,7 +672,7 @@ def main():
     if se:
         r = se[0].get("response", {})
         f = r.get("flags", [])
-        got = SSE_RECEIVED.get("sse1", b"")
+        got = RECEIVED.get("sse1", b"")
         c.check("sse: 200, chunked, complete (no partial/parse_budget)", r.get("status") == 200 and "chunked" in f and "partial" not in f and "parse_budget" not in f, str(r))
         c.check("sse: response bytes = bytes the client received", len(got) > 1000 and r.get("bytes") == len(got), f"{r.get('bytes')} vs {len(got)}")
         c.check("sse: end after the last pause (>= 60 ms after first byte)", r.get("ts_end_ns", 0) - r.get("ts_first_ns", 0) >= 60_000_000, str(r))
@@ -696,7 +697,7 @@ def main():
                 bad_raw.append((raw[:40], rec))
         c.check(f"raw responses: {len(RAW_RESPONSES)} status lines / Content-Length shapes exact", not bad_raw, str(bad_raw))
         cl1, cl2, cl3 = by_rid(lines, "cl1"), by_rid(lines, "cl2"), by_rid(lines, "cl3")
-        got = SSE_RECEIVED.get("cl1", b"")
+        got = RECEIVED.get("cl1", b"")
         r = cl1[0].get("response", {}) if len(cl1) == 1 else {}
         c.check(
             "chunk lines (extension, upper case, leading zeros, split): complete, bytes = bytes received",

@@ -1,6 +1,6 @@
 """Where two or more apx variants differ, by symbol: CPU per request.
 
-    python3 tests/bench/symbol_diff.py SECONDS CONNS NAME=VARIANT@/path/to/apx ... [--top N]
+    python3 tests/bench/symbol_diff.py SECONDS CONNS NAME=VARIANT@/path/to/apx ... [--top=N]
 
 Starts one mock upstream and every gateway named (VARIANT is a file stem in
 tests/bench/variants/), then for each in turn runs wrk for SECONDS and,
@@ -71,11 +71,8 @@ def profile(bench, server, conns: int, seconds: int, out: Path) -> dict[str, flo
 
 
 def main() -> None:
-    args = [a for a in sys.argv[1:] if not a.startswith("--top")]
-    top = 30
-    for a in sys.argv[1:]:
-        if a.startswith("--top"):
-            top = int(a.split("=", 1)[1]) if "=" in a else top
+    args = [a for a in sys.argv[1:] if not a.startswith("--top=")]
+    top = next((int(a[len("--top="):]) for a in sys.argv[1:] if a.startswith("--top=")), 30)
     if len(args) < 4:
         sys.exit(__doc__)
     seconds, conns = int(args[0]), int(args[1])
