@@ -47,7 +47,7 @@ pub fn bench_calls(rows: usize, base_unix_ns: i64) -> Vec<CallEntry> {
                 scheme: "bearer",
                 fingerprint: 0x0123_4567_89ab_cdef,
             }],
-            facts: facts.clone(),
+            facts,
             input_tokens: Some(12),
             output_tokens: Some(30),
             ..CallEntry::default()

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use apx_capture_common::user::IdHasher;
 
-use super::record::CallEntry;
+use super::record::{CallEntry, GatewayHalf};
 use super::writer::StoreWriter;
 use crate::store::logs::LogStore;
 
@@ -59,9 +59,15 @@ pub trait KernelFeed: Send {
     fn counters(&mut self) -> Vec<(String, u64)>;
 }
 
+// The large variant is the one sent per call in eBPF mode, by value on
+// purpose (see `GatewayHalf`); the channel's slots are that size anyway.
+#[allow(clippy::large_enum_variant)]
 pub enum Event {
-    /// A finished call from the gateway; with a join key in eBPF mode.
-    Call(Box<CallEntry>, Option<JoinKey>),
+    /// A finished call captured in user space, complete.
+    Call(Box<CallEntry>),
+    /// What the gateway adds to a call the kernel captured, to be joined
+    /// with its kernel record.
+    Half(JoinKey, GatewayHalf),
     /// Write everything pending, then answer.
     Flush(SyncSender<()>),
     Stop,
@@ -85,42 +91,55 @@ pub struct CollectorCounters {
     pub written: AtomicU64,
 }
 
-/// The sending side, cloned into every ticket.
+/// The sending side, cloned into every ticket: one reference count for
+/// the channel's sender and the counters together (the workers share it,
+/// so each count is a cache line moving between them).
 #[derive(Clone)]
-pub struct LogSink {
+pub struct LogSink(Arc<SinkShared>);
+
+struct SinkShared {
     sender: Sender<Event>,
     counters: Arc<CollectorCounters>,
 }
 
 impl LogSink {
     /// Never blocks: a full channel drops the call and counts it.
-    pub fn send_call(&self, record: Box<CallEntry>, join: Option<JoinKey>) {
-        let queued = &self.counters.queued;
-        if queued.fetch_add(1, Ordering::Relaxed) >= CHANNEL_CAPACITY {
-            queued.fetch_sub(1, Ordering::Relaxed);
-            self.counters.channel_drops.fetch_add(1, Ordering::Relaxed);
+    pub fn send_call(&self, record: Box<CallEntry>) {
+        self.send(Event::Call(record));
+    }
+
+    /// Like [`LogSink::send_call`], for a gateway half.
+    pub fn send_half(&self, join: JoinKey, half: GatewayHalf) {
+        self.send(Event::Half(join, half));
+    }
+
+    fn send(&self, event: Event) {
+        let counters = &self.0.counters;
+        if counters.queued.fetch_add(1, Ordering::Relaxed) >= CHANNEL_CAPACITY {
+            counters.queued.fetch_sub(1, Ordering::Relaxed);
+            counters.channel_drops.fetch_add(1, Ordering::Relaxed);
             return;
         }
         // An error means the collector is gone (shutdown): nothing to count.
-        let _ = self.sender.send(Event::Call(record, join));
+        let _ = self.0.sender.send(event);
     }
 
     /// Asks the collector to write what it has and end.
     pub fn stop(&self) {
-        let _ = self.sender.send(Event::Stop);
+        let _ = self.0.sender.send(Event::Stop);
     }
 
     /// Blocks until the collector wrote everything sent before.
     pub fn flush(&self, timeout: Duration) -> bool {
         let (ack, done) = mpsc::sync_channel(1);
-        if self.sender.send(Event::Flush(ack)).is_err() {
+        if self.0.sender.send(Event::Flush(ack)).is_err() {
             return false;
         }
         done.recv_timeout(timeout).is_ok()
     }
 
     pub fn counters(&self) -> &CollectorCounters {
-        &self.counters
+        &self.0.counters
     }
 }
 
@@ -138,10 +157,10 @@ pub fn start(
 ) -> std::io::Result<(LogSink, std::thread::JoinHandle<()>)> {
     let (sender, receiver) = mpsc::channel();
     let counters = Arc::new(CollectorCounters::default());
-    let sink = LogSink {
+    let sink = LogSink(Arc::new(SinkShared {
         sender,
         counters: counters.clone(),
-    };
+    }));
     let writer = StoreWriter::start(store, config, counters.clone())?;
     let handle = std::thread::Builder::new()
         .name("apx-log-collector".into())
@@ -156,7 +175,7 @@ struct Collector {
     counters: Arc<CollectorCounters>,
     kernel: Option<Box<dyn KernelFeed>>,
     batch: Vec<CallEntry>,
-    waiting_gateway: JoinMap<(Box<CallEntry>, Instant)>,
+    waiting_gateway: JoinMap<(GatewayHalf, Instant)>,
     waiting_kernel: JoinMap<(CallEntry, Instant)>,
     kernel_counters: Vec<(String, u64)>,
     /// The kernel counters as last handed to the writer.
@@ -221,19 +240,20 @@ impl Collector {
                 None => std::thread::sleep(timeout),
             }
             self.round_start = Instant::now();
-            // The gateway's halves first: they wait boxed (a pointer in the
-            // join map), and the kernel's then mostly find theirs; the
-            // other way round each kernel half (a whole entry) was moved
-            // into the map and out again.
+            // The gateway's halves first: they are smaller than the
+            // kernel's, which then mostly find theirs; the other way round
+            // each kernel half (a whole entry) was moved into the map and
+            // out again.
             let mut received = 0;
             loop {
                 match receiver.try_recv() {
-                    Ok(Event::Call(record, join)) => {
+                    Ok(Event::Call(record)) => {
                         received += 1;
-                        match join {
-                            None => self.push(*record),
-                            Some(key) => self.gateway_half(key, record),
-                        }
+                        self.push(*record);
+                    }
+                    Ok(Event::Half(key, half)) => {
+                        received += 1;
+                        self.gateway_half(key, half);
                     }
                     Ok(Event::Flush(ack)) => {
                         self.finish_pending();
@@ -299,14 +319,14 @@ impl Collector {
         self.batch.push(record);
     }
 
-    fn gateway_half(&mut self, key: JoinKey, mut record: Box<CallEntry>) {
+    fn gateway_half(&mut self, key: JoinKey, half: GatewayHalf) {
         match self.waiting_kernel.remove(&key) {
             Some((mut kernel, _)) => {
-                kernel.absorb_gateway_half(&mut record);
+                kernel.absorb_gateway_half(half);
                 self.push(kernel);
             }
             None => {
-                self.waiting_gateway.insert(key, (record, self.round_start));
+                self.waiting_gateway.insert(key, (half, self.round_start));
             }
         }
     }
@@ -317,8 +337,8 @@ impl Collector {
             return;
         };
         match self.waiting_gateway.remove(&key) {
-            Some((mut gateway, _)) => {
-                entry.absorb_gateway_half(&mut gateway);
+            Some((half, _)) => {
+                entry.absorb_gateway_half(half);
                 self.push(entry);
             }
             None => {
@@ -339,13 +359,10 @@ impl Collector {
             .filter(|(_, (_, at))| old(at))
             .map(|(k, _)| *k)
             .collect();
+        let now = super::ticket::now_unix_ns();
         for key in gateway {
-            if let Some((mut record, _)) = self.waiting_gateway.remove(&key) {
-                record.partial = true;
-                record.notes.push(
-                    "no kernel record arrived for this call (see the kernel drop counters)".into(),
-                );
-                self.push(*record);
+            if let Some((half, _)) = self.waiting_gateway.remove(&key) {
+                self.push(CallEntry::from_lone_gateway_half(half, now));
             }
         }
         let kernel: Vec<JoinKey> = self
@@ -438,12 +455,12 @@ mod tests {
     fn a_full_channel_drops_and_counts() {
         let (sender, receiver) = mpsc::channel();
         let counters = Arc::new(CollectorCounters::default());
-        let sink = LogSink {
+        let sink = LogSink(Arc::new(SinkShared {
             sender,
             counters: counters.clone(),
-        };
+        }));
         for _ in 0..CHANNEL_CAPACITY + 3 {
-            sink.send_call(Box::default(), None);
+            sink.send_call(Box::default());
         }
         assert_eq!(counters.channel_drops.load(Ordering::Relaxed), 3);
         assert_eq!(counters.queued.load(Ordering::Relaxed), CHANNEL_CAPACITY);
@@ -455,7 +472,7 @@ mod tests {
         }
         assert_eq!(received, CHANNEL_CAPACITY);
         counters.queued.fetch_sub(received, Ordering::Relaxed);
-        sink.send_call(Box::default(), None);
+        sink.send_call(Box::default());
         assert_eq!(counters.channel_drops.load(Ordering::Relaxed), 3);
         assert!(matches!(receiver.try_recv(), Ok(Event::Call(..))));
     }

@@ -190,58 +190,67 @@ impl Logging {
     pub fn begin<B>(&self, request: &Request<B>, conn: &ConnContext) -> Option<Box<LogTicket>> {
         let sink = self.sink.as_ref()?;
         let started = Instant::now();
-        let mut record = Box::new(CallEntry {
-            time_unix_ns: ticket::now_unix_ns(),
-            ..CallEntry::default()
-        });
-        let capture = match self.active.capture? {
+        let mut note = None;
+        match self.active.capture? {
             // The kernel programs parse HTTP/1.x only: HTTP/2 (h2c) calls
             // are captured here, and say so.
             Capture::Ebpf if !is_http1(request.version()) => {
-                record.notes.push(
-                    "HTTP/2: captured in user space (the kernel programs parse HTTP/1.x)".into(),
-                );
-                Capture::Userspace
+                note = Some("HTTP/2: captured in user space (the kernel programs parse HTTP/1.x)");
             }
-            capture => capture,
-        };
-        if capture == Capture::Userspace {
-            record.client = Some((conn.peer.ip().to_canonical(), conn.peer.port()));
-            record.server_port = Some(conn.local_port);
-            record.method = record::method_name(request.method().as_str());
-            let target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
-            let cap = apx_capture_common::PATH_CAP;
-            if target.len() > cap {
-                record.notes.push("path truncated".into());
+            // The kernel captures the header elements: the ticket carries
+            // only what the gateway adds, and the key to join them.
+            Capture::Ebpf => {
+                let join = collector::JoinKey {
+                    peer_ip: conn.peer.ip().to_canonical(),
+                    peer_port: conn.peer.port(),
+                    seq: conn.seq,
+                };
+                return Some(Box::new(LogTicket::kernel(sink.clone(), join, started)));
             }
-            record.path = truncate_utf8(target, cap).into();
-            record.http_version = Cow::Borrowed(version_text(request.version()));
-            let (headers, truncated) = self.capture_list.headers(request.headers());
-            record.headers = headers;
-            if truncated {
-                record.notes.push("a header value was truncated".into());
-            }
-            if let Some(key) = &self.fingerprints {
-                record.credentials = capture::credentials(request.headers(), key);
-            }
-            record.request_bytes = request
-                .headers()
-                .get(http::header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse().ok());
+            Capture::Userspace => {}
         }
-        let join = (capture == Capture::Ebpf).then(|| collector::JoinKey {
-            peer_ip: conn.peer.ip().to_canonical(),
-            peer_port: conn.peer.port(),
-            seq: conn.seq,
-        });
-        Some(Box::new(LogTicket::new(
+        let mut record = Box::new(self.capture_in_userspace(request, conn));
+        if let Some(note) = note {
+            record.notes.insert(0, note.into());
+        }
+        Some(Box::new(LogTicket::userspace(
             sink.clone(),
-            capture,
             record,
-            join,
             started,
         )))
+    }
+
+    /// The header elements the kernel programs would take, from the
+    /// request hyper parsed.
+    fn capture_in_userspace<B>(&self, request: &Request<B>, conn: &ConnContext) -> CallEntry {
+        let mut record = CallEntry {
+            time_unix_ns: ticket::now_unix_ns(),
+            client: Some((conn.peer.ip().to_canonical(), conn.peer.port())),
+            server_port: Some(conn.local_port),
+            method: record::method_name(request.method().as_str()),
+            http_version: Cow::Borrowed(version_text(request.version())),
+            ..CallEntry::default()
+        };
+        let target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
+        let cap = apx_capture_common::PATH_CAP;
+        if target.len() > cap {
+            record.notes.push("path truncated".into());
+        }
+        record.path = truncate_utf8(target, cap).into();
+        let (headers, truncated) = self.capture_list.headers(request.headers());
+        record.headers = headers;
+        if truncated {
+            record.notes.push("a header value was truncated".into());
+        }
+        if let Some(key) = &self.fingerprints {
+            record.credentials = capture::credentials(request.headers(), key);
+        }
+        record.request_bytes = request
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        record
     }
 
     /// Waits until every record sent so far is in the store.

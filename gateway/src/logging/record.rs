@@ -3,6 +3,7 @@
 
 use std::borrow::Cow;
 use std::net::IpAddr;
+use std::time::Instant;
 
 use serde_json::{Map, Value, json};
 
@@ -165,7 +166,7 @@ pub struct CredentialSeen {
 /// What only the gateway knows about a call. Filled by the proxy whether or
 /// not logging is on: names interned at load (`crate::intern`), so a
 /// handful of pointer copies with no reference counts.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct GatewayFacts {
     pub key_id: Option<&'static str>,
     pub key_name: Option<&'static str>,
@@ -192,8 +193,8 @@ pub struct CredentialEntry {
 /// A call on its way to the store. Built on the request path and in the
 /// kernel-record drain, so it holds shared and static strings and plain
 /// numbers: text for SQL is made only when the collector writes the batch.
-/// The kernel half and the gateway half of an eBPF-captured call are both
-/// entries, merged by [`CallEntry::absorb_gateway_half`].
+/// The kernel half of an eBPF-captured call is one; the gateway's
+/// [`GatewayHalf`] joins it by [`CallEntry::absorb_gateway_half`].
 #[derive(Clone, Debug, Default)]
 pub struct CallEntry {
     pub capture: Option<Capture>,
@@ -223,21 +224,111 @@ pub struct CallEntry {
     pub output_tokens: Option<u64>,
 }
 
+/// What the gateway itself learns about a call, whoever captured its
+/// header elements: filled by the ticket as the call goes, then joined
+/// with the kernel's record (eBPF) or with the entry captured in user
+/// space. Sent by value: a boxed `CallEntry` per call was an allocation
+/// on a worker, ≈ 420 bytes zeroed, and a free on the collector's thread.
+#[derive(Clone, Copy, Debug)]
+pub struct GatewayHalf {
+    pub facts: GatewayFacts,
+    /// The status the gateway answered with.
+    pub status: Option<u16>,
+    /// Request arrival → first body chunk from the upstream.
+    pub first_chunk_ns: Option<u64>,
+    pub input_tokens: Option<u64>,
+    pub output_tokens: Option<u64>,
+    /// The response did not complete: the client went away or the
+    /// upstream failed.
+    pub incomplete: bool,
+    /// The gateway's own timings. A kernel record carries the kernel's,
+    /// taken at the socket; these count only for calls captured in user
+    /// space and for a half whose kernel record never came.
+    pub timings: GatewayTimings,
+}
+
+/// A call as the gateway timed it, from the moment hyper handed it the
+/// request.
+#[derive(Clone, Copy, Debug)]
+pub struct GatewayTimings {
+    pub started: Instant,
+    /// → the response head was ready.
+    pub response_start_ns: Option<u64>,
+    /// → the response body was done (or dropped).
+    pub duration_ns: Option<u64>,
+    pub response_bytes: u64,
+}
+
+impl GatewayHalf {
+    /// Nothing learnt yet about a call that arrived at `started`.
+    pub fn new(started: Instant) -> GatewayHalf {
+        GatewayHalf {
+            facts: GatewayFacts::default(),
+            status: None,
+            first_chunk_ns: None,
+            input_tokens: None,
+            output_tokens: None,
+            incomplete: false,
+            timings: GatewayTimings {
+                started,
+                response_start_ns: None,
+                duration_ns: None,
+                response_bytes: 0,
+            },
+        }
+    }
+}
+
+/// The note on a call whose response did not complete.
+const INCOMPLETE_NOTE: &str = "response not completed: the client went away or the upstream failed";
+
 impl CallEntry {
     /// Completes the kernel's header elements with what only the gateway
-    /// knows: key, route, tokens and upstream timings. Takes the fields it
-    /// needs out of the gateway's (boxed) half rather than the whole
-    /// 424-byte entry out of its box (≈ 7 % of the collector's time).
-    pub fn absorb_gateway_half(&mut self, gateway: &mut CallEntry) {
-        self.facts = std::mem::take(&mut gateway.facts);
-        self.input_tokens = gateway.input_tokens;
-        self.output_tokens = gateway.output_tokens;
-        self.first_chunk_ns = gateway.first_chunk_ns;
+    /// knows: key, route, tokens and the upstream's first chunk. The
+    /// kernel timed the call at the socket, so the gateway's timings are
+    /// left out.
+    pub fn absorb_gateway_half(&mut self, half: GatewayHalf) {
+        self.facts = half.facts;
+        self.input_tokens = half.input_tokens;
+        self.output_tokens = half.output_tokens;
+        self.first_chunk_ns = half.first_chunk_ns;
         if self.status.is_none() {
-            self.status = gateway.status;
+            self.status = half.status;
         }
-        self.partial |= gateway.partial;
-        self.notes.append(&mut gateway.notes);
+        if half.incomplete {
+            self.partial = true;
+            self.notes.push(INCOMPLETE_NOTE.into());
+        }
+    }
+
+    /// Completes header elements captured in user space: the gateway's
+    /// timings are the call's.
+    pub fn absorb_gateway_half_timed(&mut self, half: GatewayHalf) {
+        let timings = half.timings;
+        self.duration_ns = timings.duration_ns;
+        self.response_start_ns = timings.response_start_ns;
+        self.response_bytes = Some(timings.response_bytes);
+        self.absorb_gateway_half(half);
+    }
+
+    /// The record of a call the kernel captured, when its kernel record
+    /// never came: what the gateway knows, marked partial. `now_unix_ns`
+    /// is the wall clock now; the call's start is placed from it by the
+    /// gateway's monotonic timing (a wall-clock read per call on the
+    /// workers only for this rare case showed in profiles).
+    pub fn from_lone_gateway_half(half: GatewayHalf, now_unix_ns: i64) -> CallEntry {
+        let since_start = i64::try_from(half.timings.started.elapsed().as_nanos()).unwrap_or(0);
+        let mut entry = CallEntry {
+            capture: Some(Capture::Ebpf),
+            partial: true,
+            time_unix_ns: now_unix_ns.saturating_sub(since_start),
+            ..CallEntry::default()
+        };
+        entry.absorb_gateway_half_timed(half);
+        entry
+            .notes
+            .push("no kernel record arrived for this call (see the kernel drop counters)".into());
+        entry
     }
 }
 
@@ -431,6 +522,54 @@ mod tests {
             version_name_bytes(b"HTTP/1.0"),
             Cow::Borrowed("HTTP/1.0")
         ));
+    }
+
+    /// A kernel record keeps the kernel's timings; an entry captured in
+    /// user space and a lone half take the gateway's, and a lone half is
+    /// placed in time from its monotonic start.
+    #[test]
+    fn gateway_halves_join_with_the_right_timings() {
+        let started = Instant::now() - std::time::Duration::from_secs(2);
+        let mut half = GatewayHalf::new(started);
+        half.facts.model = Some("gpt-test");
+        half.status = Some(200);
+        half.input_tokens = Some(5);
+        half.incomplete = true;
+        half.timings.duration_ns = Some(7_000);
+        half.timings.response_bytes = 42;
+
+        let mut kernel = CallEntry {
+            status: Some(502),
+            duration_ns: Some(9_000),
+            ..CallEntry::default()
+        };
+        kernel.absorb_gateway_half(half);
+        assert_eq!(kernel.facts.model, Some("gpt-test"));
+        assert_eq!(
+            (kernel.status, kernel.duration_ns),
+            (Some(502), Some(9_000))
+        );
+        assert_eq!(kernel.response_bytes, None);
+        assert!(kernel.partial && kernel.notes[0].starts_with("response not completed"));
+
+        let mut userspace = CallEntry::default();
+        userspace.absorb_gateway_half_timed(half);
+        assert_eq!(userspace.status, Some(200));
+        assert_eq!(userspace.duration_ns, Some(7_000));
+        assert_eq!(userspace.response_bytes, Some(42));
+
+        let now = 100_000_000_000;
+        let lone = CallEntry::from_lone_gateway_half(half, now);
+        let placed = now - lone.time_unix_ns;
+        assert!((2_000_000_000..3_000_000_000).contains(&placed), "{placed}");
+        assert_eq!(lone.capture, Some(Capture::Ebpf));
+        assert_eq!(lone.input_tokens, Some(5));
+        assert!(lone.partial);
+        assert!(
+            lone.notes
+                .last()
+                .is_some_and(|n| n.starts_with("no kernel record"))
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use http::{HeaderMap, header};
 
 use super::collector::{JoinKey, LogSink};
 pub use super::record::GatewayFacts;
-use super::record::{CallEntry, Capture};
+use super::record::{CallEntry, Capture, GatewayHalf};
 use super::usage::{TapMode, UsageTap};
 
 /// Where a request came from, for joining with kernel records.
@@ -23,56 +23,61 @@ pub struct ConnContext {
 
 pub struct LogTicket {
     sink: LogSink,
-    started: Instant,
-    /// Boxed from the start and sent as is: a call entry is ~0.5 KB, and
-    /// moving it between stack, ticket and channel showed in profiles.
-    /// `None` only once sent.
-    record: Option<Box<CallEntry>>,
-    join: Option<JoinKey>,
+    /// What the gateway learns, filled as the call goes.
+    half: GatewayHalf,
+    /// Where the half goes when the call is done; `None` once sent.
+    target: Option<JoinTarget>,
     tap: UsageTap,
-    first_chunk: Option<Duration>,
-    response_start: Option<Duration>,
-    response_bytes: u64,
     completed: bool,
 }
 
+/// What a call's gateway half is joined with.
+enum JoinTarget {
+    /// The kernel's record of the call, found by its key in the collector.
+    Kernel(JoinKey),
+    /// The header elements captured in user space, boxed from the start:
+    /// an entry is ~0.4 KB, and moving it between stack, ticket and
+    /// channel showed in profiles.
+    Userspace(Box<CallEntry>),
+}
+
 impl LogTicket {
-    pub(super) fn new(
+    /// A ticket for a call captured in the kernel, joined by `join`.
+    pub(super) fn kernel(sink: LogSink, join: JoinKey, started: Instant) -> LogTicket {
+        LogTicket::with_target(sink, JoinTarget::Kernel(join), started)
+    }
+
+    /// A ticket for a call whose header elements `entry` holds.
+    pub(super) fn userspace(
         sink: LogSink,
-        capture: Capture,
-        mut record: Box<CallEntry>,
-        join: Option<JoinKey>,
+        mut entry: Box<CallEntry>,
         started: Instant,
     ) -> LogTicket {
-        record.capture = Some(capture);
+        entry.capture = Some(Capture::Userspace);
+        LogTicket::with_target(sink, JoinTarget::Userspace(entry), started)
+    }
+
+    fn with_target(sink: LogSink, target: JoinTarget, started: Instant) -> LogTicket {
         LogTicket {
             sink,
-            started,
-            record: Some(record),
-            join,
+            half: GatewayHalf::new(started),
+            target: Some(target),
             tap: UsageTap::new(TapMode::Off),
-            first_chunk: None,
-            response_start: None,
-            response_bytes: 0,
             completed: false,
         }
     }
 
     /// Takes in what the proxy learned.
     pub fn absorb(&mut self, facts: GatewayFacts) {
-        if let Some(record) = self.record.as_deref_mut() {
-            record.facts = facts;
-        }
+        self.half.facts = facts;
     }
 
     /// The response head is ready to go: note the status and decide whether
     /// the body can be read for token usage.
     pub fn on_response_head(&mut self, status: u16, headers: &HeaderMap) {
-        let Some(record) = self.record.as_deref_mut() else {
-            return;
-        };
-        record.status = Some(status);
-        self.response_start = Some(self.started.elapsed());
+        let half = &mut self.half;
+        half.status = Some(status);
+        half.timings.response_start_ns = Some(nanos(half.timings.started.elapsed()));
         let plain = headers
             .get(header::CONTENT_ENCODING)
             .is_none_or(|v| v.as_bytes().eq_ignore_ascii_case(b"identity"));
@@ -80,7 +85,7 @@ impl LogTicket {
             .get(header::CONTENT_TYPE)
             .map(|v| v.as_bytes())
             .unwrap_or_default();
-        let mode = if !plain || record.facts.upstream_status.is_none() {
+        let mode = if !plain || half.facts.upstream_status.is_none() {
             TapMode::Off
         } else if content_type.starts_with(b"text/event-stream") {
             TapMode::Sse
@@ -93,10 +98,12 @@ impl LogTicket {
     }
 
     pub fn on_data(&mut self, data: &bytes::Bytes) {
-        if self.first_chunk.is_none() {
-            self.first_chunk = Some(self.started.elapsed());
+        let half = &mut self.half;
+        // Only an upstream's body has a first chunk worth timing.
+        if half.first_chunk_ns.is_none() && half.facts.upstream_status.is_some() {
+            half.first_chunk_ns = Some(nanos(half.timings.started.elapsed()));
         }
-        self.response_bytes += data.len() as u64;
+        half.timings.response_bytes += data.len() as u64;
         self.tap.observe(data);
     }
 
@@ -112,25 +119,21 @@ fn nanos(duration: Duration) -> u64 {
 impl Drop for LogTicket {
     fn drop(&mut self) {
         self.tap.finish();
-        let Some(mut record) = self.record.take() else {
+        let Some(target) = self.target.take() else {
             return;
         };
-        record.duration_ns = Some(nanos(self.started.elapsed()));
-        record.response_start_ns = self.response_start.map(nanos);
-        record.first_chunk_ns = self
-            .first_chunk
-            .filter(|_| record.facts.upstream_status.is_some())
-            .map(nanos);
-        record.response_bytes = Some(self.response_bytes);
-        record.input_tokens = self.tap.input_tokens;
-        record.output_tokens = self.tap.output_tokens;
-        if !self.completed {
-            record.partial = true;
-            record
-                .notes
-                .push("response not completed: the client went away or the upstream failed".into());
+        let mut half = self.half;
+        half.timings.duration_ns = Some(nanos(half.timings.started.elapsed()));
+        half.input_tokens = self.tap.input_tokens;
+        half.output_tokens = self.tap.output_tokens;
+        half.incomplete = !self.completed;
+        match target {
+            JoinTarget::Kernel(join) => self.sink.send_half(join, half),
+            JoinTarget::Userspace(mut entry) => {
+                entry.absorb_gateway_half_timed(half);
+                self.sink.send_call(entry);
+            }
         }
-        self.sink.send_call(record, self.join);
     }
 }
 
