@@ -190,27 +190,22 @@ impl Logging {
     pub fn begin<B>(&self, request: &Request<B>, conn: &ConnContext) -> Option<Box<LogTicket>> {
         let sink = self.sink.as_ref()?;
         let started = Instant::now();
-        let mut note = None;
-        match self.active.capture? {
-            // The kernel programs parse HTTP/1.x only: HTTP/2 (h2c) calls
-            // are captured here, and say so.
-            Capture::Ebpf if !is_http1(request.version()) => {
-                note = Some("HTTP/2: captured in user space (the kernel programs parse HTTP/1.x)");
-            }
+        let capture = self.active.capture?;
+        if capture == Capture::Ebpf && is_http1(request.version()) {
             // The kernel captures the header elements: the ticket carries
             // only what the gateway adds, and the key to join them.
-            Capture::Ebpf => {
-                let join = collector::JoinKey {
-                    peer_ip: conn.peer.ip().to_canonical(),
-                    peer_port: conn.peer.port(),
-                    seq: conn.seq,
-                };
-                return Some(Box::new(LogTicket::kernel(sink.clone(), join, started)));
-            }
-            Capture::Userspace => {}
+            let join = collector::JoinKey {
+                peer_ip: conn.peer.ip().to_canonical(),
+                peer_port: conn.peer.port(),
+                seq: conn.seq,
+            };
+            return Some(Box::new(LogTicket::kernel(sink.clone(), join, started)));
         }
         let mut record = Box::new(self.capture_in_userspace(request, conn));
-        if let Some(note) = note {
+        if capture == Capture::Ebpf {
+            // The kernel programs parse HTTP/1.x only: HTTP/2 (h2c) calls
+            // are captured here, and say so.
+            let note = "HTTP/2: captured in user space (the kernel programs parse HTTP/1.x)";
             record.notes.insert(0, note.into());
         }
         Some(Box::new(LogTicket::userspace(
