@@ -60,7 +60,9 @@ pub trait KernelFeed: Send {
 }
 
 // The large variant is the one sent per call in eBPF mode, by value on
-// purpose (see `GatewayHalf`); the channel's slots are that size anyway.
+// purpose (see `GatewayHalf`). User-space calls (a box) then take slots of
+// the same size: the channel holds a few KB more per 5 ms drain, measured
+// as no change in peak RSS.
 #[allow(clippy::large_enum_variant)]
 pub enum Event {
     /// A finished call captured in user space, complete.
