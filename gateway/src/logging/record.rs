@@ -287,7 +287,7 @@ impl CallEntry {
     /// knows: key, route, tokens and the upstream's first chunk. The
     /// kernel timed the call at the socket, so the gateway's timings are
     /// left out.
-    pub fn absorb_gateway_half(&mut self, half: GatewayHalf) {
+    pub fn absorb_gateway_half(&mut self, half: &GatewayHalf) {
         self.facts = half.facts;
         self.input_tokens = half.input_tokens;
         self.output_tokens = half.output_tokens;
@@ -303,8 +303,8 @@ impl CallEntry {
 
     /// Completes header elements captured in user space: the gateway's
     /// timings are the call's.
-    pub fn absorb_gateway_half_timed(&mut self, half: GatewayHalf) {
-        let timings = half.timings;
+    pub fn absorb_gateway_half_timed(&mut self, half: &GatewayHalf) {
+        let timings = &half.timings;
         self.duration_ns = timings.duration_ns;
         self.response_start_ns = timings.response_start_ns;
         self.response_bytes = Some(timings.response_bytes);
@@ -324,7 +324,7 @@ impl CallEntry {
             time_unix_ns: now_unix_ns.saturating_sub(since_start),
             ..CallEntry::default()
         };
-        entry.absorb_gateway_half_timed(half);
+        entry.absorb_gateway_half_timed(&half);
         entry
             .notes
             .push("no kernel record arrived for this call (see the kernel drop counters)".into());
@@ -543,7 +543,7 @@ mod tests {
             duration_ns: Some(9_000),
             ..CallEntry::default()
         };
-        kernel.absorb_gateway_half(half);
+        kernel.absorb_gateway_half(&half);
         assert_eq!(kernel.facts.model, Some("gpt-test"));
         assert_eq!(
             (kernel.status, kernel.duration_ns),
@@ -553,7 +553,7 @@ mod tests {
         assert!(kernel.partial && kernel.notes[0].starts_with("response not completed"));
 
         let mut userspace = CallEntry::default();
-        userspace.absorb_gateway_half_timed(half);
+        userspace.absorb_gateway_half_timed(&half);
         assert_eq!(userspace.status, Some(200));
         assert_eq!(userspace.duration_ns, Some(7_000));
         assert_eq!(userspace.response_bytes, Some(42));

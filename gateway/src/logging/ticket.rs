@@ -130,7 +130,7 @@ impl Drop for LogTicket {
         match target {
             JoinTarget::Kernel(join) => self.sink.send_half(join, half),
             JoinTarget::Userspace(mut entry) => {
-                entry.absorb_gateway_half_timed(half);
+                entry.absorb_gateway_half_timed(&half);
                 self.sink.send_call(entry);
             }
         }
