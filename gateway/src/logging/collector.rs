@@ -182,7 +182,7 @@ struct Collector {
     /// where they are: moved into the join map and out again, a half (≈
     /// 250 bytes) was copied twice more.
     round_halves: Vec<GatewayHalf>,
-    round_index: JoinMap<u32>,
+    round_index: JoinMap<usize>,
     /// Halves from earlier rounds still waiting for their kernel record.
     waiting_gateway: JoinMap<(GatewayHalf, Instant)>,
     waiting_kernel: JoinMap<(CallEntry, Instant)>,
@@ -339,8 +339,7 @@ impl Collector {
                 self.push(kernel);
             }
             None => {
-                let at = u32::try_from(self.round_halves.len()).unwrap_or(u32::MAX);
-                self.round_index.insert(key, at);
+                self.round_index.insert(key, self.round_halves.len());
                 self.round_halves.push(half);
             }
         }
@@ -350,7 +349,7 @@ impl Collector {
     /// join map.
     fn settle_round(&mut self) {
         for (key, at) in self.round_index.drain() {
-            if let Some(half) = self.round_halves.get(at as usize) {
+            if let Some(half) = self.round_halves.get(at) {
                 self.waiting_gateway.insert(key, (*half, self.round_start));
             }
         }
@@ -365,7 +364,7 @@ impl Collector {
         if let Some(half) = self
             .round_index
             .remove(&key)
-            .and_then(|at| self.round_halves.get(at as usize))
+            .and_then(|at| self.round_halves.get(at))
         {
             entry.absorb_gateway_half(half);
             self.push(entry);

@@ -201,7 +201,7 @@ impl Logging {
             };
             return Some(Box::new(LogTicket::kernel(sink.clone(), join, started)));
         }
-        let mut record = Box::new(self.capture_in_userspace(request, conn));
+        let mut record = self.capture_in_userspace(request, conn);
         if capture == Capture::Ebpf {
             // The kernel programs parse HTTP/1.x only: HTTP/2 (h2c) calls
             // are captured here, and say so.
@@ -216,16 +216,16 @@ impl Logging {
     }
 
     /// The header elements the kernel programs would take, from the
-    /// request hyper parsed.
-    fn capture_in_userspace<B>(&self, request: &Request<B>, conn: &ConnContext) -> CallEntry {
-        let mut record = CallEntry {
+    /// request hyper parsed; boxed from the start, as the ticket keeps it.
+    fn capture_in_userspace<B>(&self, request: &Request<B>, conn: &ConnContext) -> Box<CallEntry> {
+        let mut record = Box::new(CallEntry {
             time_unix_ns: ticket::now_unix_ns(),
             client: Some((conn.peer.ip().to_canonical(), conn.peer.port())),
             server_port: Some(conn.local_port),
             method: record::method_name(request.method().as_str()),
             http_version: Cow::Borrowed(version_text(request.version())),
             ..CallEntry::default()
-        };
+        });
         let target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
         let cap = apx_capture_common::PATH_CAP;
         if target.len() > cap {
