@@ -16,6 +16,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+// How long the collector holds one half of a call for the other;
+// kernel-only records are written after it.
+use apx_gateway::logging::collector::JOIN_WINDOW;
 use apx_gateway::logging::fingerprint::FingerprintKey;
 use apx_gateway::logging::record::{CallRecord, Capture};
 use apx_gateway::store::logs::{LogQuery, LogStore};
@@ -26,9 +29,6 @@ use tokio::net::TcpStream;
 
 const EBPF: &str = "[logging]\ncapture = \"ebpf\"\nheaders = [\"x-tenant\"]";
 const USERSPACE: &str = "[logging]\ncapture = \"userspace\"\nheaders = [\"x-tenant\"]";
-/// How long the collector holds one half of a call for the other
-/// (collector::JOIN_WINDOW); kernel-only records are written after it.
-const JOIN_WINDOW: Duration = Duration::from_secs(2);
 /// Set in the child process of `ring_buffer_drops_are_counted`.
 const CHILD: &str = "APX_EBPF_TEST_CHILD";
 

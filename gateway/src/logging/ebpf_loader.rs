@@ -78,7 +78,7 @@ fn load_with(command: &LoaderCommand, settings: &EbpfSettings) -> Result<Capture
         tgid: std::process::id(),
         listener_fd: settings.listener_fd,
         listener_port: settings.listener_port,
-        fingerprint_key: hex(&settings.fingerprint_key.bytes()),
+        fingerprint_key: hex::encode(settings.fingerprint_key.bytes()),
         extra_headers: settings.extra_headers.clone(),
     };
     let request = serde_json::to_vec(&request).map_err(|e| unavailable("request", &e))?;
@@ -138,10 +138,6 @@ fn load_requested(socket: BorrowedFd<'_>) -> Result<Capture, String> {
     Capture::start(&config).map_err(|err| err.0)
 }
 
-fn hex(bytes: &[u8]) -> String {
-    hex::encode(bytes)
-}
-
 fn unhex(text: &str) -> Option<[u8; 16]> {
     let mut out = [0u8; 16];
     hex::decode_to_slice(text, &mut out).ok()?;
@@ -155,7 +151,7 @@ mod tests {
     #[test]
     fn keys_cross_as_hex() {
         let key: [u8; 16] = std::array::from_fn(|i| (i * 17) as u8);
-        assert_eq!(unhex(&hex(&key)), Some(key));
+        assert_eq!(unhex(&hex::encode(key)), Some(key));
         assert_eq!(unhex("zz"), None);
         assert_eq!(unhex(&"g".repeat(32)), None);
     }
