@@ -1,6 +1,6 @@
 """Interleaved A/B of apx builds and variants, CPU per request per thread.
 
-    python3 tests/bench/ab_threads.py ROUNDS SECONDS CONNS NAME=VARIANT@/path/to/apx ...
+    python3 tests/bench/ab_threads.py ROUNDS SECONDS CONNS NAME=VARIANT@/path/to/apx ... [--workload=sdk]
 
 Starts one mock upstream and every gateway named (VARIANT is a file stem in
 tests/bench/variants/), then, ROUNDS times, runs wrk against each gateway
@@ -9,6 +9,8 @@ in turn and prints its CPU per request split by thread name (from
 log collector, the store writer. On a shared VM the whole-process CPU per
 request drifts by 1-1.5 us between runs; one thread's share of it, in
 interleaved rounds, resolves changes of a tenth of a microsecond.
+`--workload=sdk` sends the official SDK's headers and a longer body
+instead of the small request (run.py's `--workload`).
 
 Example: the collector before and after a change, eBPF logging, 16 connections:
 
@@ -68,9 +70,13 @@ def parse_specs(args: list[str]) -> list[tuple[str, Path, Path]]:
 def main() -> None:
     if len(sys.argv) < 5:
         sys.exit(__doc__)
-    rounds, seconds, conns = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-    specs = parse_specs(sys.argv[4:])
+    args = [a for a in sys.argv[1:] if not a.startswith("--workload=")]
+    workloads = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--workload=")]
+    rounds, seconds, conns = int(args[0]), int(args[1]), int(args[2])
+    specs = parse_specs(args[3:])
     bench = load_bench()
+    # The request wrk sends (run.py's `--workload`): "small" unless named.
+    bench.use_workload(workloads[-1] if workloads else "small")
     tmp = Path(tempfile.mkdtemp(prefix="apx-ab-"))
     mock = bench.start_mock(REPO / "target" / "release", tmp)
     servers = []

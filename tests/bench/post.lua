@@ -4,7 +4,7 @@
 --   BENCH_PATH  request path, e.g. /v1/chat/completions
 --   BENCH_AUTH  value of the Authorization header ("" = none)
 --   BENCH_BODY  request body (JSON)
---   BENCH_EXTRA optional extra header "Name: value"
+--   BENCH_HEADERS  more headers, one "Name: value" per line (the workload's)
 --   BENCH_DELAY_MS  if > 0, each connection waits this long before each
 --                   request (paced, unsaturated load)
 --
@@ -18,9 +18,8 @@ local auth = os.getenv("BENCH_AUTH") or ""
 if auth ~= "" then
   wrk.headers["Authorization"] = auth
 end
-local extra = os.getenv("BENCH_EXTRA") or ""
-if extra ~= "" then
-  local name, value = extra:match("^([^:]+):%s*(.*)$")
+for line in (os.getenv("BENCH_HEADERS") or ""):gmatch("[^\n]+") do
+  local name, value = line:match("^([^:]+):%s*(.*)$")
   if name then
     wrk.headers[name] = value
   end

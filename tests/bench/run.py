@@ -50,10 +50,73 @@ REPO = HERE.parent.parent
 UPSTREAM_KEY = "sk-upstream-openai-test"
 CLIENT_KEY = "apx-bench-0123456789abcdef0123456789abcdef"
 PATH = "/v1/chat/completions"
-BODY = json.dumps(
-    {"model": "bench-model", "messages": [{"role": "user", "content": "Say hello"}]},
-    separators=(",", ":"),
+# The request wrk sends: a workload's body and the headers it adds to
+# Content-Type and Authorization (`--workload`, set by `use_workload`).
+BODY = ""
+EXTRA_HEADERS: list[str] = []
+# "small": the least a client can send, so the gateway's own cost shows.
+# "sdk": a call as the official Python SDK (openai 3.51.0) sends it: its
+# thirteen headers besides Host, Authorization, Content-Type and
+# Content-Length, and a short conversation with a system prompt (≈ 1.2 KB).
+SDK_SYSTEM = (
+    "You are the support assistant of a hosting company. Answer in at most three short "
+    "paragraphs, cite the documentation page you rely on by its title, never invent "
+    "commands or flags, and ask one clarifying question when the customer's plan, region "
+    "or operating system matters to the answer. If the question is about billing, say "
+    "that a human will follow up and summarise what you understood. Keep a friendly, "
+    "plain tone; no marketing language, no emoji."
 )
+WORKLOADS = {
+    "small": (
+        {"model": "bench-model", "messages": [{"role": "user", "content": "Say hello"}]},
+        [],
+    ),
+    "sdk": (
+        {
+            "messages": [
+                {"role": "system", "content": SDK_SYSTEM},
+                {"role": "user", "content": "My deploy fails with 'permission denied (publickey)' "
+                 "since this morning. Nothing changed on my side. What should I check first?"},
+                {"role": "assistant", "content": "That message comes from SSH: the server did "
+                 "not accept any key your client offered. First check that the key you use is "
+                 "still listed under Account > SSH keys, then run `ssh -v` against the deploy "
+                 "host and look at which identity files are tried. Which operating system do "
+                 "you deploy from?"},
+                {"role": "user", "content": "Ubuntu 24.04, and ssh -v says it offers "
+                 "~/.ssh/id_ed25519 and the server says no. The key is listed in my account."},
+            ],
+            "model": "bench-model",
+            "max_tokens": 512,
+            "temperature": 0.2,
+        },
+        [
+            "Accept-Encoding: gzip, deflate, br",
+            "Connection: keep-alive",
+            "Accept: application/json",
+            "User-Agent: OpenAI/Python 3.51.0",
+            "X-Stainless-Lang: python",
+            "X-Stainless-Package-Version: 3.51.0",
+            "X-Stainless-OS: Linux",
+            "X-Stainless-Arch: x64",
+            "X-Stainless-Runtime: CPython",
+            "X-Stainless-Runtime-Version: 3.11.7",
+            "X-Stainless-Async: false",
+            "X-Stainless-Retry-Count: 0",
+            "X-Stainless-Read-Timeout: 600",
+        ],
+    ),
+}
+
+
+def use_workload(name: str) -> None:
+    """Makes `name` the request every wrk cell sends."""
+    global BODY, EXTRA_HEADERS
+    body, headers = WORKLOADS[name]
+    BODY = json.dumps(body, separators=(",", ":"))
+    EXTRA_HEADERS = headers
+
+
+use_workload("small")
 STREAM_BODY = json.dumps(
     {
         "model": "bench-model",
@@ -342,6 +405,7 @@ def run_wrk(port: int, target: str, conns: int, seconds: int, threads: int,
         BENCH_PATH=PATH,
         BENCH_AUTH=auth_for(target),
         BENCH_BODY=BODY,
+        BENCH_HEADERS="\n".join(EXTRA_HEADERS),
         BENCH_DELAY_MS=str(pace_ms),
     )
     cmd = [
@@ -1033,6 +1097,9 @@ def parse_args() -> argparse.Namespace:
                         "auto = variants whose capture is not off (default), all, none")
     p.add_argument("--completeness-secs", type=int, default=30,
                    help="seconds of wrk per completeness run (default 30)")
+    p.add_argument("--workload", choices=sorted(WORKLOADS), default="small",
+                   help="the request wrk sends: 'small' (one short message, few headers) or "
+                        "'sdk' (the official Python SDK's headers, a 1.2 KB conversation)")
     p.add_argument("--no-nginx", action="store_true", help="skip the nginx rows")
     p.add_argument("--no-build", action="store_true", help="use the binaries already built")
     p.add_argument("--bin-dir", type=Path, default=REPO / "target" / "release",
@@ -1047,6 +1114,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
+    use_workload(args.workload)
     args.conns_list = [int(c) for c in args.conns.split(",") if c.strip()]
     out_path = args.out or REPO / "target" / "bench" / "results.json"
     out_path = out_path.resolve()
@@ -1101,7 +1169,8 @@ def main() -> int:
             "variants": [v.stem for v in variants], "nginx_workers": None,
             "captures": {v.stem: variant_capture(v) for v in variants},
             "completeness": args.completeness, "completeness_secs": args.completeness_secs,
-            "request_body": BODY, "path": PATH,
+            "workload": args.workload, "request_body": BODY,
+            "request_headers": EXTRA_HEADERS, "path": PATH,
         },
         "load": [], "ttfc": [], "memory": {}, "completeness": [], "targets": [], "profile": None,
     }
