@@ -339,8 +339,11 @@ impl Collector {
                 self.push(kernel);
             }
             None => {
-                self.round_index.insert(key, self.round_halves.len());
+                let earlier = self.round_index.insert(key, self.round_halves.len());
                 self.round_halves.push(half);
+                if let Some(half) = earlier.and_then(|at| self.round_halves.get(at)) {
+                    self.write_gateway_half_alone(*half);
+                }
             }
         }
     }
@@ -348,11 +351,18 @@ impl Collector {
     /// The halves of this round that found no kernel record wait on in the
     /// join map.
     fn settle_round(&mut self) {
-        for (key, at) in self.round_index.drain() {
-            if let Some(half) = self.round_halves.get(at) {
-                self.waiting_gateway.insert(key, (*half, self.round_start));
+        let mut round_index = std::mem::take(&mut self.round_index);
+        for (key, at) in round_index.drain() {
+            if let Some(&half) = self.round_halves.get(at) {
+                if let Some((earlier, _)) =
+                    self.waiting_gateway.insert(key, (half, self.round_start))
+                {
+                    self.write_gateway_half_alone(earlier);
+                }
             }
         }
+        // Given back empty, its capacity kept for the next round.
+        self.round_index = round_index;
         self.round_halves.clear();
     }
 
@@ -376,9 +386,31 @@ impl Collector {
                 self.push(entry);
             }
             None => {
-                self.waiting_kernel.insert(key, (entry, self.round_start));
+                if let Some((earlier, _)) =
+                    self.waiting_kernel.insert(key, (entry, self.round_start))
+                {
+                    self.write_kernel_half_alone(earlier);
+                }
             }
         }
+    }
+
+    /// A gateway half whose kernel record did not come: written on its own.
+    /// Besides the join window running out, this happens when a second half
+    /// with the same key comes first (the client reused its port for a new
+    /// connection within the window): the earlier one is not dropped.
+    fn write_gateway_half_alone(&mut self, half: GatewayHalf) {
+        let now = super::ticket::now_unix_ns();
+        self.push(CallEntry::from_lone_gateway_half(half, now));
+    }
+
+    /// A kernel record whose gateway half did not come (for the same
+    /// reasons as above): written on its own, saying so.
+    fn write_kernel_half_alone(&mut self, mut record: CallEntry) {
+        record
+            .notes
+            .push("seen by the kernel only: the gateway did not route this request".into());
+        self.push(record);
     }
 
     /// Writes halves whose partner did not come within the join window.
@@ -393,10 +425,9 @@ impl Collector {
             .filter(|(_, (_, at))| old(at))
             .map(|(k, _)| *k)
             .collect();
-        let now = super::ticket::now_unix_ns();
         for key in gateway {
             if let Some((half, _)) = self.waiting_gateway.remove(&key) {
-                self.push(CallEntry::from_lone_gateway_half(half, now));
+                self.write_gateway_half_alone(half);
             }
         }
         let kernel: Vec<JoinKey> = self
@@ -406,11 +437,8 @@ impl Collector {
             .map(|(k, _)| *k)
             .collect();
         for key in kernel {
-            if let Some((mut record, _)) = self.waiting_kernel.remove(&key) {
-                record
-                    .notes
-                    .push("seen by the kernel only: the gateway did not route this request".into());
-                self.push(record);
+            if let Some((record, _)) = self.waiting_kernel.remove(&key) {
+                self.write_kernel_half_alone(record);
             }
         }
     }
@@ -511,12 +539,9 @@ mod tests {
         assert!(matches!(receiver.try_recv(), Ok(Event::Call(..))));
     }
 
-    /// A gateway half meets its kernel record whichever comes first and
-    /// whether the kernel's comes in the same drain round or a later one.
-    #[test]
-    fn halves_join_in_any_order_and_round() {
-        let dir = std::env::temp_dir().join(format!("apx-collector-join-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+    /// A collector without a kernel feed, writing to a fresh store in `dir`.
+    fn collector_in(dir: &std::path::Path) -> Collector {
+        let _ = std::fs::remove_dir_all(dir);
         let store = LogStore::open(&dir.join("logs.db")).unwrap();
         let counters = Arc::new(CollectorCounters::default());
         let config = CollectorConfig {
@@ -524,21 +549,45 @@ mod tests {
             max_bytes: u64::MAX,
         };
         let writer = StoreWriter::start(store, config, counters.clone()).unwrap();
-        let mut collector = Collector::new(writer, None, counters);
-        let key = |seq| JoinKey {
+        Collector::new(writer, None, counters)
+    }
+
+    fn key(seq: u32) -> JoinKey {
+        JoinKey {
             peer_ip: "127.0.0.1".parse().unwrap(),
             peer_port: 40000,
             seq,
-        };
-        let half = |model| {
-            let mut half = GatewayHalf::new(Instant::now());
-            half.facts.model = Some(model);
-            half
-        };
-        let kernel = |seq| CallEntry {
+        }
+    }
+
+    fn half(model: &'static str) -> GatewayHalf {
+        let mut half = GatewayHalf::new(Instant::now());
+        half.facts.model = Some(model);
+        half
+    }
+
+    fn kernel(seq: u32) -> CallEntry {
+        CallEntry {
             time_unix_ns: i64::from(seq),
             ..CallEntry::default()
-        };
+        }
+    }
+
+    /// What the collector has batched: each record's time and model.
+    fn batched(collector: &Collector) -> Vec<(i64, Option<&str>)> {
+        collector
+            .batch
+            .iter()
+            .map(|e| (e.time_unix_ns, e.facts.model))
+            .collect()
+    }
+
+    /// A gateway half meets its kernel record whichever comes first and
+    /// whether the kernel's comes in the same drain round or a later one.
+    #[test]
+    fn halves_join_in_any_order_and_round() {
+        let dir = std::env::temp_dir().join(format!("apx-collector-join-{}", std::process::id()));
+        let mut collector = collector_in(&dir);
 
         // Same round, the gateway's half first (the usual case).
         collector.gateway_half(key(0), half("same-round"));
@@ -552,13 +601,8 @@ mod tests {
         collector.gateway_half(key(2), half("kernel-first"));
         collector.settle_round();
 
-        let joined: Vec<(i64, Option<&str>)> = collector
-            .batch
-            .iter()
-            .map(|e| (e.time_unix_ns, e.facts.model))
-            .collect();
         assert_eq!(
-            joined,
+            batched(&collector),
             [
                 (0, Some("same-round")),
                 (1, Some("next-round")),
@@ -567,6 +611,46 @@ mod tests {
         );
         assert!(collector.waiting_gateway.is_empty() && collector.waiting_kernel.is_empty());
         assert!(collector.round_index.is_empty() && collector.round_halves.is_empty());
+        collector.writer.stop();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A second half with the same key before the first met its partner
+    /// (a client port reused within the join window) never makes the first
+    /// one vanish: it is written on its own, in every map it can wait in.
+    #[test]
+    fn a_reused_key_writes_the_earlier_half_alone() {
+        let dir = std::env::temp_dir().join(format!("apx-collector-reuse-{}", std::process::id()));
+        let mut collector = collector_in(&dir);
+
+        // Twice in one round, then the kernel's record: it joins the later.
+        collector.gateway_half(key(0), half("first"));
+        collector.gateway_half(key(0), half("second"));
+        collector.kernel_half(kernel(0), Some(key(0)));
+        assert_eq!(batched(&collector)[1..], [(0, Some("second"))]);
+        assert_eq!(batched(&collector)[0].1, Some("first"));
+        collector.batch.clear();
+
+        // One waiting from an earlier round, one in this round.
+        collector.gateway_half(key(1), half("older"));
+        collector.settle_round();
+        collector.gateway_half(key(1), half("newer"));
+        collector.settle_round();
+        assert_eq!(batched(&collector).len(), 1);
+        assert_eq!(batched(&collector)[0].1, Some("older"));
+        collector.kernel_half(kernel(1), Some(key(1)));
+        assert_eq!(batched(&collector)[1..], [(1, Some("newer"))]);
+        collector.batch.clear();
+
+        // Two kernel records waiting for the same gateway half.
+        collector.kernel_half(kernel(2), Some(key(2)));
+        collector.kernel_half(kernel(3), Some(key(2)));
+        assert_eq!(batched(&collector), [(2, None)]);
+        assert!(collector.batch[0].notes[0].starts_with("seen by the kernel only"));
+
+        assert!(collector.round_index.is_empty() && collector.round_halves.is_empty());
+        assert!(collector.waiting_gateway.is_empty());
+        assert_eq!(collector.waiting_kernel.len(), 1);
         collector.writer.stop();
         std::fs::remove_dir_all(&dir).unwrap();
     }
