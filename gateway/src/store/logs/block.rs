@@ -107,6 +107,36 @@ pub fn status_class_term(class: u16) -> String {
 }
 pub const CLASS_TERM: &str = "class:";
 
+/// `path:/v1/messages`: a call's path without its query, at most
+/// [`PATH_TERM_BYTES`] of it, so `apx logs --path` reads only the blocks
+/// holding a path with the prefix asked for.
+pub fn path_term(path: &str) -> String {
+    format!("{PATH_TERM}{}", path_key(path))
+}
+pub const PATH_TERM: &str = "path:";
+/// How much of a path its term keeps: enough for every API route; the
+/// exact filter on the decoded calls sees the whole path.
+pub const PATH_TERM_BYTES: usize = 128;
+/// Distinct path terms per block at most. Paths are the client's choice
+/// (any 404 has its own), so past this many a block is marked with
+/// [`MANY_PATHS_TERM`] instead, and every `--path` query reads it.
+pub const PATH_TERMS_PER_BLOCK: usize = 16;
+pub const MANY_PATHS_TERM: &str = "paths:many";
+
+/// The part of `path` its term keeps: up to the query, at most
+/// [`PATH_TERM_BYTES`], cut at a character boundary.
+pub fn path_key(path: &str) -> &str {
+    let path = path.split_once('?').map_or(path, |(path, _)| path);
+    if path.len() <= PATH_TERM_BYTES {
+        return path;
+    }
+    let mut end = PATH_TERM_BYTES;
+    while !path.is_char_boundary(end) {
+        end -= 1;
+    }
+    &path[..end]
+}
+
 /// `capture:ebpf`, `capture:userspace`: counted for `apx logs --stats`.
 pub fn capture_term(capture: Option<Capture>) -> String {
     format!("{CAPTURE_TERM}{}", capture.map_or("none", Capture::name))
@@ -126,6 +156,9 @@ enum Term<'r> {
     Model(&'r str),
     Status(u16),
     Class(u16),
+    /// The call's [`path_key`].
+    Path(&'r str),
+    ManyPaths,
 }
 
 impl Term<'_> {
@@ -138,6 +171,8 @@ impl Term<'_> {
             Term::Model(model) => model_term(model),
             Term::Status(status) => status_term(status),
             Term::Class(class) => status_class_term(class),
+            Term::Path(key) => path_term(key),
+            Term::ManyPaths => MANY_PATHS_TERM.to_string(),
         }
     }
 }
@@ -167,6 +202,11 @@ struct TermCounts<'r> {
     counts: Vec<(Term<'r>, u64)>,
     index: HashMap<Term<'r>, usize, SeedableRandomState>,
     last: [Option<(Term<'r>, usize)>; TERM_KINDS],
+    /// The previous call's whole path and where its term is counted: most
+    /// calls repeat it, and then its term needs no cutting or lookup.
+    last_path: Option<(&'r str, usize)>,
+    /// Distinct `Term::Path`s so far (at most `PATH_TERMS_PER_BLOCK`).
+    paths: usize,
 }
 
 impl<'r> TermCounts<'r> {
@@ -175,26 +215,51 @@ impl<'r> TermCounts<'r> {
             counts: Vec::new(),
             index: HashMap::with_hasher(hasher),
             last: [None; TERM_KINDS],
+            last_path: None,
+            paths: 0,
         }
     }
 
     fn count(&mut self, record: &'r CallEntry) {
-        for (term, last) in call_terms(record).into_iter().zip(&mut self.last) {
+        for (kind, term) in call_terms(record).into_iter().enumerate() {
             let Some(term) = term else { continue };
-            let at = match *last {
+            let at = match self.last[kind] {
                 Some((seen, at)) if seen == term => at,
                 _ => {
-                    let counts = &mut self.counts;
-                    let at = *self.index.entry(term).or_insert_with(|| {
-                        counts.push((term, 0));
-                        counts.len() - 1
-                    });
-                    *last = Some((term, at));
+                    let at = self.place(term);
+                    self.last[kind] = Some((term, at));
                     at
                 }
             };
             self.counts[at].1 += 1;
         }
+        let path: &'r str = &record.path;
+        let at = match self.last_path {
+            Some((seen, at)) if seen == path => at,
+            _ => {
+                let mut term = Term::Path(path_key(path));
+                if !self.index.contains_key(&term) {
+                    if self.paths < PATH_TERMS_PER_BLOCK {
+                        self.paths += 1;
+                    } else {
+                        term = Term::ManyPaths;
+                    }
+                }
+                let at = self.place(term);
+                self.last_path = Some((path, at));
+                at
+            }
+        };
+        self.counts[at].1 += 1;
+    }
+
+    /// Where `term` is counted, a new place if it has none yet.
+    fn place(&mut self, term: Term<'r>) -> usize {
+        let counts = &mut self.counts;
+        *self.index.entry(term).or_insert_with(|| {
+            counts.push((term, 0));
+            counts.len() - 1
+        })
     }
 
     fn texts(self) -> Vec<(String, u64)> {
@@ -815,7 +880,10 @@ mod tests {
         assert_eq!(count("capture:ebpf"), 5);
         assert_eq!(count("capture:none"), 1);
         assert_eq!(count("partial"), 3);
-        assert_eq!(summary.terms.len(), 11);
+        // Paths without their queries; the empty entry's path is empty.
+        assert_eq!(count("path:/v1/chat/completions"), 5);
+        assert_eq!(count("path:"), 1);
+        assert_eq!(summary.terms.len(), 13);
         // Repeated strings are stored once.
         let text = String::from_utf8_lossy(&block);
         assert_eq!(text.matches("user-agent").count(), 1);

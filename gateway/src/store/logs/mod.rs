@@ -4,7 +4,7 @@
 //! Each batch is one row of `log_blocks` (see [`block`] for why and how it
 //! is encoded): calls are numbered in the order they were stored, and a
 //! block's id is the number of its first call. `log_terms` indexes blocks by
-//! key, key name, model, status and status class, and `last_ns`/`first_ns`
+//! key, key name, model, status, status class and path, and `last_ns`/`first_ns`
 //! bound the request start times inside a block, so a query reads only the
 //! blocks that can match and filters their calls exactly.
 
@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS log_terms (
     block_id INTEGER NOT NULL,
     term     TEXT NOT NULL,        -- key:ID name:NAME model:M status:S class:C
                                    -- capture:ebpf|userspace|none partial
+                                   -- path:P paths:many
     calls    INTEGER NOT NULL,     -- calls of the block with this term
     PRIMARY KEY (block_id, term)
 ) WITHOUT ROWID;
@@ -115,6 +116,30 @@ impl Filters {
         self.conditions.push(condition.replace("{}", &placeholder));
     }
 
+    /// Blocks that can hold a call whose path starts with `prefix`: one
+    /// with a path term in the prefix's range, one with more paths than
+    /// it has terms for, or one written before paths had terms.
+    fn add_path_prefix(&mut self, prefix: &str) {
+        let low = block::path_term(prefix);
+        let first = self.values.len() + 1;
+        self.values.push(SqlValue::Text(low.clone()));
+        let in_range = match prefix_upper_bound(&low) {
+            Some(high) => {
+                self.values.push(SqlValue::Text(high));
+                format!("term >= ?{first} AND term < ?{}", first + 1)
+            }
+            None => format!("term >= ?{first}"),
+        };
+        let (path, many) = (block::PATH_TERM, block::MANY_PATHS_TERM);
+        let any_path = prefix_upper_bound(path).unwrap_or_default();
+        self.conditions.push(format!(
+            "(id IN (SELECT block_id FROM log_terms WHERE {in_range}) \
+             OR id IN (SELECT block_id FROM log_terms WHERE term = '{many}') \
+             OR NOT EXISTS (SELECT 1 FROM log_terms AS t WHERE t.block_id = log_blocks.id \
+                            AND t.term >= '{path}' AND t.term < '{any_path}'))"
+        ));
+    }
+
     /// Blocks that hold a call with one of `terms`.
     fn add_terms(&mut self, terms: &[String]) {
         let first = self.values.len() + 1;
@@ -153,6 +178,12 @@ impl LogQuery {
         }
         if let Some(key) = &self.key {
             filters.add_terms(&[block::key_term(key), block::key_name_term(key)]);
+        }
+        if let Some(path) = &self.path {
+            // The terms hold what `path_key` keeps of a path: the prefix
+            // asked for, cut the same way, is a prefix of the term of every
+            // path that starts with it.
+            filters.add_path_prefix(block::path_key(path));
         }
         if let Some(after) = self.after_id {
             // A block holding a call after `after` starts at most
@@ -262,19 +293,12 @@ impl LogStore {
     /// every one after `after_id`, oldest first, for following), in the
     /// order they were stored (which is the order the calls ended).
     pub fn query(&self, query: &LogQuery) -> Result<Vec<CallRecord>, StoreError> {
-        let Filters { conditions, values } = query.block_filters();
-        let filter = if conditions.is_empty() {
-            String::new()
-        } else {
-            format!("WHERE {}", conditions.join(" AND "))
-        };
         let following = query.after_id.is_some();
         let limit = query.limit.unwrap_or(if following { 10_000 } else { 50 }) as usize;
-        let order = if following { "ASC" } else { "DESC" };
         // Block ids first, data one block at a time: if SQLite sorts the
         // matching blocks (e.g. found through an index), it sorts ids only,
         // and blocks past the limit are never read.
-        let sql = format!("SELECT id FROM log_blocks {filter} ORDER BY id {order}");
+        let (sql, values) = candidate_blocks(query);
         let mut statement = self.conn.prepare(&sql)?;
         let mut ids = statement.query(params_from_iter(values.iter()))?;
         let mut read_block = self
@@ -450,6 +474,41 @@ impl LogStore {
 }
 
 /// The id the next stored call gets (1 in an empty store).
+/// The ids of the blocks that can hold calls `query` matches (newest first,
+/// or oldest first when following), as SQL and its parameters.
+fn candidate_blocks(query: &LogQuery) -> (String, Vec<SqlValue>) {
+    let Filters { conditions, values } = query.block_filters();
+    let filter = if conditions.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", conditions.join(" AND "))
+    };
+    let order = if query.after_id.is_some() {
+        "ASC"
+    } else {
+        "DESC"
+    };
+    let sql = format!("SELECT id FROM log_blocks {filter} ORDER BY id {order}");
+    (sql, values)
+}
+
+/// The least text greater than every text that starts with `prefix`
+/// (SQLite compares text by its UTF-8 bytes, which orders as the code
+/// points do): the prefix with its last character raised by one, or
+/// `None` when no such text exists (every character is `char::MAX`).
+fn prefix_upper_bound(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        // The next scalar value, skipping the surrogates.
+        let next = (u32::from(last) + 1..=u32::from(char::MAX)).find_map(char::from_u32);
+        if let Some(next) = next {
+            chars.push(next);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
+
 fn next_call_id(conn: &Connection) -> Result<i64, StoreError> {
     let kept: Option<i64> = conn
         .query_row(
@@ -571,6 +630,123 @@ mod tests {
         assert_eq!(store.count().unwrap(), 3);
         assert!(store.trim(Duration::from_secs(3600), 0).unwrap() >= 1);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// `--path` reads the blocks that have a path with the prefix, that
+    /// had too many paths to index, or that were written before paths were
+    /// indexed, and no others; what it finds is exactly what a full scan
+    /// would.
+    #[test]
+    fn path_filters_read_only_the_blocks_that_can_match() {
+        let dir = std::env::temp_dir().join(format!("apx-logs-paths-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut store = LogStore::open(&dir.join("logs.db")).unwrap();
+        let at = |n: i64, path: &str| CallEntry {
+            path: path.into(),
+            ..record(n, 200, "a")
+        };
+        let long = format!("/v1/{}", "é".repeat(150));
+        let blocks: Vec<Vec<CallEntry>> = vec![
+            (0..10).map(|n| at(n, "/v1/chat/completions")).collect(),
+            (0..10)
+                .map(|n| {
+                    at(
+                        n,
+                        if n < 5 {
+                            "/v1/messages?beta=true"
+                        } else {
+                            "/v1/messages/count_tokens"
+                        },
+                    )
+                })
+                .collect(),
+            // More distinct paths than a block has terms for; the last one
+            // is past the limit.
+            (0..=block::PATH_TERMS_PER_BLOCK as i64 + 3)
+                .map(|n| at(n, &format!("/nope/{n}")))
+                .chain([at(99, "/v1/messages")])
+                .collect(),
+            vec![at(0, &long)],
+            (0..3).map(|n| at(n, "/v1/messages/legacy")).collect(),
+        ];
+        for batch in &blocks {
+            store.insert(batch, &[]).unwrap();
+        }
+        // The last block as an apx without path terms wrote it.
+        let legacy: i64 = store
+            .conn
+            .query_row("SELECT MAX(id) FROM log_blocks", [], |r| r.get(0))
+            .unwrap();
+        store
+            .conn
+            .execute(
+                "DELETE FROM log_terms WHERE block_id = ?1 AND term LIKE 'path%'",
+                [legacy],
+            )
+            .unwrap();
+        let terms = store.term_counts().unwrap();
+        // Past the limit: /nope/16 to /nope/19 and /v1/messages.
+        assert!(terms.contains(&(block::MANY_PATHS_TERM.to_string(), 5)));
+        let path_terms = terms.iter().filter(|(t, _)| t.starts_with("path:")).count();
+        assert_eq!(path_terms, 1 + 2 + block::PATH_TERMS_PER_BLOCK + 1);
+
+        let candidates = |path: &str| {
+            let query = LogQuery {
+                path: Some(path.to_string()),
+                ..LogQuery::default()
+            };
+            let (sql, values) = candidate_blocks(&query);
+            let mut statement = store.conn.prepare(&sql).unwrap();
+            let ids = statement
+                .query_map(params_from_iter(values.iter()), |row| row.get::<_, i64>(0))
+                .unwrap();
+            ids.count()
+        };
+        let found = |path: &str| {
+            let query = LogQuery {
+                path: Some(path.to_string()),
+                limit: Some(1000),
+                ..LogQuery::default()
+            };
+            store.query(&query).unwrap().len()
+        };
+        let long_prefix: String = long.chars().take(140).collect();
+        // (prefix, blocks read, calls found): the overflowing and the
+        // legacy block are read by every query.
+        let cases = [
+            ("/v1/messages", 3, 5 + 5 + 1 + 3),
+            ("/v1/messages?beta", 3, 5),
+            ("/v1/chat", 3, 10),
+            (long_prefix.as_str(), 3, 1),
+            ("/nope/1", 2, 1 + 10),
+            ("/zzz", 2, 0),
+            ("", 5, 10 + 10 + 21 + 1 + 3),
+        ];
+        for (prefix, read, calls) in cases {
+            assert_eq!(
+                (candidates(prefix), found(prefix)),
+                (read, calls),
+                "{prefix}"
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn prefix_upper_bounds_follow_utf8_order() {
+        assert_eq!(prefix_upper_bound("path:").as_deref(), Some("path;"));
+        assert_eq!(
+            prefix_upper_bound("a\u{d7ff}").as_deref(),
+            Some("a\u{e000}")
+        );
+        assert_eq!(prefix_upper_bound("a\u{10ffff}").as_deref(), Some("b"));
+        assert_eq!(prefix_upper_bound("\u{10ffff}"), None);
+        assert_eq!(prefix_upper_bound(""), None);
+        for prefix in ["path:/v1/", "x\u{7f}", "\u{ff}", "a\u{d7ff}"] {
+            let high = prefix_upper_bound(prefix).unwrap();
+            assert!(prefix.as_bytes() < high.as_bytes());
+            assert!(format!("{prefix}\u{10ffff}\u{10ffff}").as_bytes() < high.as_bytes());
+        }
     }
 
     #[test]
