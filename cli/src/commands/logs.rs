@@ -108,18 +108,20 @@ pub fn run(config_path: &Path, args: Args) -> anyhow::Result<()> {
         after_id: None,
         limit: Some(args.limit),
     };
-    let mut out = std::io::stdout().lock();
+    // Buffered: a large --limit prints many lines, each its own write
+    // through a bare stdout lock.
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let horizon = store.last_id()?;
-    let records = store.query(&query)?;
     if !args.json {
         writeln!(out, "{}", ui::bold(&header_line()))?;
     }
-    let mut last_id = follow_position(horizon, &records, false);
-    print_records(&mut out, &records, args.json)?;
+    let shown = print_matches(&store, &query, &mut out, args.json)?;
+    let mut last_id = follow_position(horizon, shown.last_id, false);
     if !args.follow {
-        if records.is_empty() && !args.json {
+        if shown.count == 0 && !args.json {
             writeln!(out, "{}", ui::dim("(no calls match)"))?;
         }
+        out.flush()?;
         return Ok(());
     }
     const FOLLOW_BATCH: u32 = 10_000;
@@ -131,11 +133,17 @@ pub fn run(config_path: &Path, args: Args) -> anyhow::Result<()> {
             ..query.clone()
         };
         let horizon = store.last_id()?;
-        let records = store.query(&newer)?;
-        let full = records.len() >= FOLLOW_BATCH as usize;
-        last_id = follow_position(horizon.max(last_id), &records, full);
-        print_records(&mut out, &records, args.json)?;
+        let shown = print_matches(&store, &newer, &mut out, args.json)?;
+        let full = shown.count >= FOLLOW_BATCH as usize;
+        last_id = follow_position(horizon.max(last_id), shown.last_id, full);
     }
+}
+
+/// What one query printed.
+struct Shown {
+    count: usize,
+    /// The id of the last call printed.
+    last_id: Option<i64>,
 }
 
 /// Where the next `--follow` poll starts: past everything that was stored
@@ -143,24 +151,34 @@ pub fn run(config_path: &Path, args: Args) -> anyhow::Result<()> {
 /// that matched nothing recently does not make every poll rescan the store
 /// from the last match on. When the poll stopped at its limit, the calls
 /// after the last one shown are still to come.
-fn follow_position(horizon: i64, shown: &[CallRecord], stopped_at_limit: bool) -> i64 {
-    match shown.last() {
-        Some(last) if stopped_at_limit => last.id,
-        Some(last) => last.id.max(horizon),
+fn follow_position(horizon: i64, last_shown: Option<i64>, stopped_at_limit: bool) -> i64 {
+    match last_shown {
+        Some(last) if stopped_at_limit => last,
+        Some(last) => last.max(horizon),
         None => horizon,
     }
 }
 
-fn print_records(out: &mut impl Write, records: &[CallRecord], json: bool) -> anyhow::Result<()> {
-    for record in records {
+/// Prints the calls `query` matches as they are read from the store (one
+/// block of calls in memory at a time), then flushes.
+fn print_matches(
+    store: &LogStore,
+    query: &LogQuery,
+    out: &mut impl Write,
+    json: bool,
+) -> anyhow::Result<Shown> {
+    let mut last_id = None;
+    let count = store.for_each_match(query, |record| -> anyhow::Result<()> {
         if json {
             writeln!(out, "{}", record.to_json())?;
         } else {
-            writeln!(out, "{}", table_line(record))?;
+            writeln!(out, "{}", table_line(&record))?;
         }
-    }
+        last_id = Some(record.id);
+        Ok(())
+    })?;
     out.flush()?;
-    Ok(())
+    Ok(Shown { count, last_id })
 }
 
 fn header_line() -> String {
@@ -271,23 +289,14 @@ fn parse_when(text: &str, now: SystemTime) -> anyhow::Result<i64> {
 mod tests {
     use super::*;
 
-    fn shown(ids: &[i64]) -> Vec<CallRecord> {
-        ids.iter()
-            .map(|id| CallRecord {
-                id: *id,
-                ..CallRecord::default()
-            })
-            .collect()
-    }
-
     #[test]
     fn follow_moves_past_calls_that_did_not_match() {
         // Last match long ago, store at 5000: the next poll starts at 5000.
-        assert_eq!(follow_position(5000, &shown(&[10, 20]), false), 5000);
-        assert_eq!(follow_position(5000, &[], false), 5000);
+        assert_eq!(follow_position(5000, Some(20), false), 5000);
+        assert_eq!(follow_position(5000, None, false), 5000);
         // Calls stored between the horizon and the query are kept.
-        assert_eq!(follow_position(5000, &shown(&[5003]), false), 5003);
+        assert_eq!(follow_position(5000, Some(5003), false), 5003);
         // A poll cut at its limit resumes right after what it showed.
-        assert_eq!(follow_position(9000, &shown(&[10, 20]), true), 20);
+        assert_eq!(follow_position(9000, Some(20), true), 20);
     }
 }

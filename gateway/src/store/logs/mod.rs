@@ -293,44 +293,97 @@ impl LogStore {
     /// every one after `after_id`, oldest first, for following), in the
     /// order they were stored (which is the order the calls ended).
     pub fn query(&self, query: &LogQuery) -> Result<Vec<CallRecord>, StoreError> {
+        let mut found = Vec::new();
+        self.for_each_match(query, |record| {
+            found.push(record);
+            Ok::<(), StoreError>(())
+        })?;
+        Ok(found)
+    }
+
+    /// The records [`query`](Self::query) returns, handed to `emit` one at
+    /// a time, so that `apx logs --limit 1000000` holds one block of calls
+    /// at a time, not a million. Returns how many were handed out.
+    ///
+    /// The newest `limit` are found first, newest block first, by counting
+    /// matches only; then the blocks holding them are read again, oldest
+    /// first, and their matches handed out (a block trimmed in between
+    /// gives nothing). Following (`after_id`) reads oldest first at once.
+    pub fn for_each_match<E: From<StoreError>>(
+        &self,
+        query: &LogQuery,
+        mut emit: impl FnMut(CallRecord) -> Result<(), E>,
+    ) -> Result<usize, E> {
         let following = query.after_id.is_some();
         let limit = query.limit.unwrap_or(if following { 10_000 } else { 50 }) as usize;
+        let mut read_block = self
+            .conn
+            .prepare_cached("SELECT data FROM log_blocks WHERE id = ?1")
+            .map_err(StoreError::from)?;
+        let mut read = |id: i64| -> Result<Vec<CallRecord>, StoreError> {
+            let Some(data) = read_block
+                .query_row([id], |row| row.get::<_, Vec<u8>>(0))
+                .optional()?
+            else {
+                return Ok(Vec::new()); // trimmed meanwhile
+            };
+            let mut calls = block::decode(&data, id)
+                .map_err(|source| StoreError::Block { block: id, source })?;
+            calls.retain(|call| query.matches(call));
+            Ok(calls)
+        };
         // Block ids first, data one block at a time: if SQLite sorts the
         // matching blocks (e.g. found through an index), it sorts ids only,
         // and blocks past the limit are never read.
         let (sql, values) = candidate_blocks(query);
-        let mut statement = self.conn.prepare(&sql)?;
-        let mut ids = statement.query(params_from_iter(values.iter()))?;
-        let mut read_block = self
-            .conn
-            .prepare_cached("SELECT data FROM log_blocks WHERE id = ?1")?;
-        let mut found = Vec::new();
-        while found.len() < limit {
-            let Some(row) = ids.next()? else { break };
-            let first_id: i64 = row.get(0)?;
-            let Some(data) = read_block
-                .query_row([first_id], |row| row.get::<_, Vec<u8>>(0))
-                .optional()?
-            else {
-                continue; // trimmed meanwhile
+        let mut statement = self.conn.prepare(&sql).map_err(StoreError::from)?;
+        let mut ids = statement
+            .query(params_from_iter(values.iter()))
+            .map_err(StoreError::from)?;
+        let mut handed = 0;
+        if following {
+            while handed < limit {
+                let Some(row) = ids.next().map_err(StoreError::from)? else {
+                    break;
+                };
+                for call in read(row.get(0).map_err(StoreError::from)?)? {
+                    if handed == limit {
+                        break;
+                    }
+                    emit(call)?;
+                    handed += 1;
+                }
+            }
+            return Ok(handed);
+        }
+        // Newest first: the blocks that hold the newest `limit` matches.
+        let mut blocks = Vec::new();
+        let mut counted = 0;
+        while counted < limit {
+            let Some(row) = ids.next().map_err(StoreError::from)? else {
+                break;
             };
-            let calls = block::decode(&data, first_id).map_err(|source| StoreError::Block {
-                block: first_id,
-                source,
-            })?;
-            let matching = calls.into_iter().filter(|call| query.matches(call));
-            if following {
-                found.extend(matching.take(limit - found.len()));
-            } else {
-                let mut newest_first: Vec<CallRecord> = matching.rev().collect();
-                newest_first.truncate(limit - found.len());
-                found.extend(newest_first);
+            let id: i64 = row.get(0).map_err(StoreError::from)?;
+            let matches = read(id)?.len();
+            if matches > 0 {
+                blocks.push(id);
+                counted += matches;
             }
         }
-        if !following {
-            found.reverse();
+        // The oldest of those blocks may hold older matches than wanted
+        // (if it was trimmed meanwhile, it holds none).
+        let older = counted.saturating_sub(limit);
+        for (n, id) in blocks.into_iter().rev().enumerate() {
+            let skip = if n == 0 { older } else { 0 };
+            for call in read(id)?.into_iter().skip(skip) {
+                if handed == limit {
+                    break;
+                }
+                emit(call)?;
+                handed += 1;
+            }
         }
-        Ok(found)
+        Ok(handed)
     }
 
     /// The id of the newest call ever stored, 0 when none was.
@@ -728,6 +781,48 @@ mod tests {
                 (read, calls),
                 "{prefix}"
             );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Whatever the limit, a query hands out the newest `limit` matches,
+    /// oldest first, across blocks, and following hands out the first
+    /// `limit` after the id: what filtering every stored call would give.
+    #[test]
+    fn limits_across_blocks_give_what_a_full_scan_gives() {
+        let dir = std::env::temp_dir().join(format!("apx-logs-limits-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut store = LogStore::open(&dir.join("logs.db")).unwrap();
+        // 1300 calls: blocks of 512, 512 and 276; every third one a 503.
+        let batch: Vec<CallEntry> = (0..1300)
+            .map(|n| record(n, if n % 3 == 0 { 503 } else { 200 }, "a"))
+            .collect();
+        store.insert(&batch, &[]).unwrap();
+        let errors: Vec<i64> = (0..1300).filter(|n| n % 3 == 0).map(|n| n + 1).collect();
+        let ids = |query: &LogQuery| -> Vec<i64> {
+            store.query(query).unwrap().iter().map(|r| r.id).collect()
+        };
+        for limit in [1, 50, 171, 172, 200, 434, 600, 10_000] {
+            let newest = LogQuery {
+                status: Some(StatusFilter::Exact(503)),
+                limit: Some(limit),
+                ..LogQuery::default()
+            };
+            let start = errors.len().saturating_sub(limit as usize);
+            assert_eq!(ids(&newest), errors[start..], "newest {limit}");
+            for after in [0, 511, 700] {
+                let following = LogQuery {
+                    after_id: Some(after),
+                    ..newest.clone()
+                };
+                let wanted: Vec<i64> = errors
+                    .iter()
+                    .copied()
+                    .filter(|id| *id > after)
+                    .take(limit as usize)
+                    .collect();
+                assert_eq!(ids(&following), wanted, "after {after}, limit {limit}");
+            }
         }
         std::fs::remove_dir_all(&dir).unwrap();
     }
