@@ -170,7 +170,8 @@ fn print_matches(
     let mut last_id = None;
     let count = store.for_each_match(query, |record| -> anyhow::Result<()> {
         if json {
-            writeln!(out, "{}", record.to_json())?;
+            record.write_json(&mut *out)?;
+            writeln!(out)?;
         } else {
             writeln!(out, "{}", table_line(&record))?;
         }

@@ -5,8 +5,6 @@ use std::borrow::Cow;
 use std::net::IpAddr;
 use std::time::Instant;
 
-use serde_json::{Map, Value, json};
-
 /// Where a record's header elements came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Capture {
@@ -430,64 +428,98 @@ impl CallRecord {
             .map(|(_, v)| v.as_str())
     }
 
-    /// The record with OpenTelemetry HTTP and GenAI semantic-convention names
-    /// where one exists, `apx.*` otherwise.
-    pub fn to_json(&self) -> Value {
-        let mut out = Map::new();
-        let mut put = |key: &str, value: Value| {
-            if !value.is_null() {
-                out.insert(key.to_string(), value);
-            }
-        };
-        put("id", json!(self.id));
-        put("time", json!(crate::time::rfc3339_nanos(self.time_unix_ns)));
-        put("apx.capture", json!(self.capture.map(Capture::name)));
-        put("apx.partial", json!(self.partial));
-        if !self.notes.is_empty() {
-            put("apx.notes", json!(self.notes));
+    /// The record as one JSON object, with OpenTelemetry HTTP and GenAI
+    /// semantic-convention names where one exists, `apx.*` otherwise;
+    /// absent fields are left out. Written straight to `out`: `apx logs
+    /// --json` prints a million of these, and building a `serde_json::Map`
+    /// for each (a key string and a node per field) took 6.5 µs a call.
+    pub fn write_json(&self, out: &mut impl std::io::Write) -> serde_json::Result<()> {
+        use serde::ser::{SerializeMap, Serializer};
+
+        /// A credential: whether it was there, never its value.
+        #[derive(serde::Serialize)]
+        struct Seen<'a> {
+            present: bool,
+            scheme: &'a str,
+            fingerprint: &'a str,
         }
-        put("client.address", json!(self.client_address));
-        put("client.port", json!(self.client_port));
-        put("server.port", json!(self.server_port));
-        put("http.request.method", json!(nonempty(&self.method)));
-        put("url.path", json!(nonempty(&self.path)));
+        fn put<M: SerializeMap, V: serde::Serialize>(
+            map: &mut M,
+            key: &str,
+            value: Option<V>,
+        ) -> Result<(), M::Error> {
+            match value {
+                Some(value) => map.serialize_entry(key, &value),
+                None => Ok(()),
+            }
+        }
+        let finite = |ms: Option<f64>| ms.filter(|ms| ms.is_finite());
+
+        let mut serializer = serde_json::Serializer::new(out);
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("id", &self.id)?;
+        map.serialize_entry("time", &crate::time::rfc3339_nanos(self.time_unix_ns))?;
+        put(&mut map, "apx.capture", self.capture.map(Capture::name))?;
+        map.serialize_entry("apx.partial", &self.partial)?;
         put(
-            "network.protocol.version",
-            json!(nonempty(self.http_version.trim_start_matches("HTTP/"))),
-        );
-        put("http.response.status_code", json!(self.status));
-        put("http.server.request.duration_ms", json!(self.duration_ms));
-        put("apx.response_start_ms", json!(self.response_start_ms));
-        put("http.request.body.size", json!(self.request_bytes));
-        put("http.response.body.size", json!(self.response_bytes));
+            &mut map,
+            "apx.notes",
+            (!self.notes.is_empty()).then_some(&self.notes),
+        )?;
+        put(&mut map, "client.address", self.client_address.as_deref())?;
+        put(&mut map, "client.port", self.client_port)?;
+        put(&mut map, "server.port", self.server_port)?;
+        put(&mut map, "http.request.method", nonempty(&self.method))?;
+        put(&mut map, "url.path", nonempty(&self.path))?;
+        let version = self.http_version.trim_start_matches("HTTP/");
+        put(&mut map, "network.protocol.version", nonempty(version))?;
+        put(&mut map, "http.response.status_code", self.status)?;
+        put(
+            &mut map,
+            "http.server.request.duration_ms",
+            finite(self.duration_ms),
+        )?;
+        put(
+            &mut map,
+            "apx.response_start_ms",
+            finite(self.response_start_ms),
+        )?;
+        put(&mut map, "http.request.body.size", self.request_bytes)?;
+        put(&mut map, "http.response.body.size", self.response_bytes)?;
         for (name, value) in &self.headers {
-            put(&format!("http.request.header.{name}"), json!(value));
+            map.serialize_entry(&format_args!("http.request.header.{name}"), value)?;
         }
         for credential in &self.credentials {
-            put(
-                &format!("apx.credential.{}", credential.header),
-                json!({"present": true, "scheme": credential.scheme, "fingerprint": credential.fingerprint}),
-            );
+            let seen = Seen {
+                present: true,
+                scheme: &credential.scheme,
+                fingerprint: &credential.fingerprint,
+            };
+            map.serialize_entry(&format_args!("apx.credential.{}", credential.header), &seen)?;
         }
-        put("apx.key.id", json!(self.key_id));
-        put("apx.key.name", json!(self.key_name));
-        put("gen_ai.request.model", json!(self.model));
-        put("apx.upstream.model", json!(self.upstream_model));
-        put("gen_ai.provider.name", json!(self.provider_kind));
-        put("apx.provider", json!(self.provider));
-        put("apx.upstream.status_code", json!(self.upstream_status));
-        put("apx.stream", json!(self.stream));
-        put("gen_ai.usage.input_tokens", json!(self.input_tokens));
-        put("gen_ai.usage.output_tokens", json!(self.output_tokens));
-        put("apx.first_chunk_ms", json!(self.first_chunk_ms));
-        put("error.type", json!(self.error));
-        if let Some(method) = self.header("mcp-method") {
-            put("mcp.method.name", json!(method));
-        }
-        if let Some(session) = self.header("mcp-session-id") {
-            put("mcp.session.id", json!(session));
-        }
-        Value::Object(out)
+        put(&mut map, "apx.key.id", self.key_id.as_deref())?;
+        put(&mut map, "apx.key.name", self.key_name.as_deref())?;
+        put(&mut map, "gen_ai.request.model", self.model.as_deref())?;
+        put(
+            &mut map,
+            "apx.upstream.model",
+            self.upstream_model.as_deref(),
+        )?;
+        put(
+            &mut map,
+            "gen_ai.provider.name",
+            self.provider_kind.as_deref(),
+        )?;
+        put(&mut map, "apx.provider", self.provider.as_deref())?;
+        put(&mut map, "apx.upstream.status_code", self.upstream_status)?;
+        map.serialize_entry("apx.stream", &self.stream)?;
+        put(&mut map, "gen_ai.usage.input_tokens", self.input_tokens)?;
+        put(&mut map, "gen_ai.usage.output_tokens", self.output_tokens)?;
+        put(&mut map, "apx.first_chunk_ms", finite(self.first_chunk_ms))?;
+        put(&mut map, "error.type", self.error.as_deref())?;
+        put(&mut map, "mcp.method.name", self.header("mcp-method"))?;
+        put(&mut map, "mcp.session.id", self.header("mcp-session-id"))?;
+        map.end()
     }
 }
 
@@ -498,6 +530,63 @@ fn nonempty(text: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The JSON line of a record: OpenTelemetry names, credentials as
+    /// presence and fingerprint only, absent fields left out (not null).
+    #[test]
+    fn json_lines_name_fields_and_leave_out_absent_ones() {
+        let record = CallRecord {
+            id: 7,
+            capture: Some(Capture::Ebpf),
+            time_unix_ns: 1_700_000_000_123_456_789,
+            client_address: Some("10.0.0.2".into()),
+            client_port: Some(40000),
+            method: "POST".into(),
+            path: "/mcp".into(),
+            http_version: "HTTP/1.1".into(),
+            status: Some(200),
+            duration_ms: Some(1.5),
+            response_start_ms: Some(f64::NAN),
+            headers: vec![
+                ("user-agent".into(), "sdk \"x\"".into()),
+                ("mcp-method".into(), "tools/call".into()),
+            ],
+            credentials: vec![CredentialSeen {
+                header: "authorization".into(),
+                scheme: "bearer".into(),
+                fingerprint: "00112233aabbccdd".into(),
+            }],
+            model: Some("gpt-4o".into()),
+            input_tokens: Some(3),
+            ..CallRecord::default()
+        };
+        let mut line = Vec::new();
+        record.write_json(&mut line).unwrap();
+        let value: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        let wanted = serde_json::json!({
+            "id": 7,
+            "time": "2023-11-14T22:13:20.123456Z",
+            "apx.capture": "ebpf",
+            "apx.partial": false,
+            "client.address": "10.0.0.2",
+            "client.port": 40000,
+            "http.request.method": "POST",
+            "url.path": "/mcp",
+            "network.protocol.version": "1.1",
+            "http.response.status_code": 200,
+            "http.server.request.duration_ms": 1.5,
+            "http.request.header.user-agent": "sdk \"x\"",
+            "http.request.header.mcp-method": "tools/call",
+            "apx.credential.authorization":
+                {"present": true, "scheme": "bearer", "fingerprint": "00112233aabbccdd"},
+            "gen_ai.request.model": "gpt-4o",
+            "apx.stream": false,
+            "gen_ai.usage.input_tokens": 3,
+            "mcp.method.name": "tools/call",
+        });
+        assert_eq!(value, wanted);
+        assert!(!line.contains(&b'\n'));
+    }
 
     /// From bytes, the same text as from the lossy `String` the kernel
     /// record's accessors make, shared for the usual names.
