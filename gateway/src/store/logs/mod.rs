@@ -196,6 +196,27 @@ impl LogQuery {
         filters
     }
 
+    /// No filter at all (a limit is not one).
+    fn matches_every_call(&self) -> bool {
+        let LogQuery {
+            since_ns,
+            until_ns,
+            status,
+            model,
+            key,
+            path,
+            after_id,
+            limit: _,
+        } = self;
+        since_ns.is_none()
+            && until_ns.is_none()
+            && status.is_none()
+            && model.is_none()
+            && key.is_none()
+            && path.is_none()
+            && after_id.is_none()
+    }
+
     /// The exact test, on a decoded call.
     fn matches(&self, record: &CallRecord) -> bool {
         let time = record.time_unix_ns;
@@ -359,12 +380,18 @@ impl LogStore {
         // Newest first: the blocks that hold the newest `limit` matches.
         let mut blocks = Vec::new();
         let mut counted = 0;
+        let every_call = query.matches_every_call();
         while counted < limit {
             let Some(row) = ids.next().map_err(StoreError::from)? else {
                 break;
             };
             let id: i64 = row.get(0).map_err(StoreError::from)?;
-            let matches = read(id)?.len();
+            let matches = if every_call {
+                // Nothing to filter: the block's own count, nothing decoded.
+                usize::try_from(row.get::<_, i64>(1).map_err(StoreError::from)?).unwrap_or(0)
+            } else {
+                read(id)?.len()
+            };
             if matches > 0 {
                 blocks.push(id);
                 counted += matches;
@@ -527,8 +554,9 @@ impl LogStore {
 }
 
 /// The id the next stored call gets (1 in an empty store).
-/// The ids of the blocks that can hold calls `query` matches (newest first,
-/// or oldest first when following), as SQL and its parameters.
+/// The ids and call counts of the blocks that can hold calls `query`
+/// matches (newest first, or oldest first when following), as SQL and its
+/// parameters.
 fn candidate_blocks(query: &LogQuery) -> (String, Vec<SqlValue>) {
     let Filters { conditions, values } = query.block_filters();
     let filter = if conditions.is_empty() {
@@ -541,7 +569,7 @@ fn candidate_blocks(query: &LogQuery) -> (String, Vec<SqlValue>) {
     } else {
         "DESC"
     };
-    let sql = format!("SELECT id FROM log_blocks {filter} ORDER BY id {order}");
+    let sql = format!("SELECT id, count FROM log_blocks {filter} ORDER BY id {order}");
     (sql, values)
 }
 
@@ -810,6 +838,13 @@ mod tests {
             };
             let start = errors.len().saturating_sub(limit as usize);
             assert_eq!(ids(&newest), errors[start..], "newest {limit}");
+            // No filter: blocks counted without being decoded.
+            let unfiltered = LogQuery {
+                limit: Some(limit),
+                ..LogQuery::default()
+            };
+            let first = 1300_i64.saturating_sub(i64::from(limit)) + 1;
+            assert_eq!(ids(&unfiltered), (first.max(1)..=1300).collect::<Vec<_>>());
             for after in [0, 511, 700] {
                 let following = LogQuery {
                     after_id: Some(after),
