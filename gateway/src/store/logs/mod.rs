@@ -325,92 +325,93 @@ impl LogStore {
     /// The records [`query`](Self::query) returns, handed to `emit` one at
     /// a time, so that `apx logs --limit 1000000` holds one block of calls
     /// at a time, not a million. Returns how many were handed out.
-    ///
-    /// The newest `limit` are found first, newest block first, by counting
-    /// matches only; then the blocks holding them are read again, oldest
-    /// first, and their matches handed out (a block trimmed in between
-    /// gives nothing). Following (`after_id`) reads oldest first at once.
     pub fn for_each_match<E: From<StoreError>>(
         &self,
         query: &LogQuery,
         mut emit: impl FnMut(CallRecord) -> Result<(), E>,
     ) -> Result<usize, E> {
-        let following = query.after_id.is_some();
-        let limit = query.limit.unwrap_or(if following { 10_000 } else { 50 }) as usize;
-        let mut read_block = self
-            .conn
-            .prepare_cached("SELECT data FROM log_blocks WHERE id = ?1")
-            .map_err(StoreError::from)?;
-        let mut read = |id: i64| -> Result<Vec<CallRecord>, StoreError> {
-            let Some(data) = read_block
-                .query_row([id], |row| row.get::<_, Vec<u8>>(0))
-                .optional()?
-            else {
-                return Ok(Vec::new()); // trimmed meanwhile
-            };
-            let mut calls = block::decode(&data, id)
-                .map_err(|source| StoreError::Block { block: id, source })?;
-            calls.retain(|call| query.matches(call));
-            Ok(calls)
-        };
-        // Block ids first, data one block at a time: if SQLite sorts the
-        // matching blocks (e.g. found through an index), it sorts ids only,
-        // and blocks past the limit are never read.
-        let (sql, values) = candidate_blocks(query);
-        let mut statement = self.conn.prepare(&sql).map_err(StoreError::from)?;
-        let mut ids = statement
-            .query(params_from_iter(values.iter()))
-            .map_err(StoreError::from)?;
+        let limit = query
+            .limit
+            .unwrap_or(if query.after_id.is_some() { 10_000 } else { 50 })
+            as usize;
+        let (blocks, older) = self.blocks_to_read(query, limit)?;
         let mut handed = 0;
-        if following {
-            while handed < limit {
-                let Some(row) = ids.next().map_err(StoreError::from)? else {
-                    break;
-                };
-                for call in read(row.get(0).map_err(StoreError::from)?)? {
-                    if handed == limit {
-                        break;
-                    }
-                    emit(call)?;
-                    handed += 1;
-                }
-            }
-            return Ok(handed);
-        }
-        // Newest first: the blocks that hold the newest `limit` matches.
-        let mut blocks = Vec::new();
-        let mut counted = 0;
-        let every_call = query.matches_every_call();
-        while counted < limit {
-            let Some(row) = ids.next().map_err(StoreError::from)? else {
-                break;
-            };
-            let id: i64 = row.get(0).map_err(StoreError::from)?;
-            let matches = if every_call {
-                // Nothing to filter: the block's own count, nothing decoded.
-                usize::try_from(row.get::<_, i64>(1).map_err(StoreError::from)?).unwrap_or(0)
-            } else {
-                read(id)?.len()
-            };
-            if matches > 0 {
-                blocks.push(id);
-                counted += matches;
-            }
-        }
-        // The oldest of those blocks may hold older matches than wanted
-        // (if it was trimmed meanwhile, it holds none).
-        let older = counted.saturating_sub(limit);
-        for (n, id) in blocks.into_iter().rev().enumerate() {
+        for (n, id) in blocks.into_iter().enumerate() {
+            // Only the first block can hold older matches than wanted.
             let skip = if n == 0 { older } else { 0 };
-            for call in read(id)?.into_iter().skip(skip) {
+            for call in self.read_matches(id, query)?.into_iter().skip(skip) {
                 if handed == limit {
-                    break;
+                    return Ok(handed);
                 }
                 emit(call)?;
                 handed += 1;
             }
         }
         Ok(handed)
+    }
+
+    /// The blocks to read, oldest first, for the first (following) or the
+    /// newest `limit` calls that `query` matches, and how many matches of
+    /// the first block are older than those.
+    ///
+    /// For the newest, blocks are counted newest first until they hold
+    /// `limit` matches: from their stored counts when nothing is
+    /// filtered, else by decoding them (read again to be handed out; a
+    /// block trimmed in between then gives nothing).
+    fn blocks_to_read(
+        &self,
+        query: &LogQuery,
+        limit: usize,
+    ) -> Result<(Vec<i64>, usize), StoreError> {
+        // Block ids first, data one block at a time: if SQLite sorts the
+        // matching blocks (e.g. found through an index), it sorts ids only,
+        // and blocks past the limit are never read.
+        let (sql, values) = candidate_blocks(query);
+        let mut statement = self.conn.prepare(&sql)?;
+        let mut rows = statement.query(params_from_iter(values.iter()))?;
+        let mut blocks = Vec::new();
+        if query.after_id.is_some() {
+            // Oldest first already: reading stops at the limit.
+            while let Some(row) = rows.next()? {
+                blocks.push(row.get(0)?);
+            }
+            return Ok((blocks, 0));
+        }
+        let every_call = query.matches_every_call();
+        let mut counted = 0;
+        while counted < limit {
+            let Some(row) = rows.next()? else { break };
+            let id: i64 = row.get(0)?;
+            let matches = if every_call {
+                usize::try_from(row.get::<_, i64>(1)?).unwrap_or(0)
+            } else {
+                self.read_matches(id, query)?.len()
+            };
+            if matches > 0 {
+                blocks.push(id);
+                counted += matches;
+            }
+        }
+        blocks.reverse();
+        Ok((blocks, counted.saturating_sub(limit)))
+    }
+
+    /// The calls of block `id` that `query` matches (none if the block was
+    /// trimmed meanwhile).
+    fn read_matches(&self, id: i64, query: &LogQuery) -> Result<Vec<CallRecord>, StoreError> {
+        let mut read_block = self
+            .conn
+            .prepare_cached("SELECT data FROM log_blocks WHERE id = ?1")?;
+        let Some(data) = read_block
+            .query_row([id], |row| row.get::<_, Vec<u8>>(0))
+            .optional()?
+        else {
+            return Ok(Vec::new());
+        };
+        let mut calls =
+            block::decode(&data, id).map_err(|source| StoreError::Block { block: id, source })?;
+        calls.retain(|call| query.matches(call));
+        Ok(calls)
     }
 
     /// The id of the newest call ever stored, 0 when none was.
