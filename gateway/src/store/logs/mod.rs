@@ -14,7 +14,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use rusqlite::types::Value as SqlValue;
-use rusqlite::{Connection, OptionalExtension, params_from_iter};
+use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 
 use self::block::BlockEncoder;
 use super::{StoreError, open_sqlite};
@@ -217,6 +217,27 @@ impl LogQuery {
             && after_id.is_none()
     }
 
+    /// The one index term a call must have to match, when the query asks
+    /// for nothing else (a status, a status class or a model): a block's
+    /// matches are then its count of that term.
+    fn only_term(&self) -> Option<String> {
+        let alone = LogQuery {
+            status: None,
+            model: None,
+            limit: None,
+            ..self.clone()
+        };
+        if !alone.matches_every_call() {
+            return None;
+        }
+        match (self.status, &self.model) {
+            (Some(StatusFilter::Exact(code)), None) => Some(block::status_term(code)),
+            (Some(StatusFilter::Class(class)), None) => Some(block::status_class_term(class)),
+            (None, Some(model)) => Some(block::model_term(model)),
+            _ => None,
+        }
+    }
+
     /// The exact test, on a decoded call.
     fn matches(&self, record: &CallRecord) -> bool {
         let time = record.time_unix_ns;
@@ -378,15 +399,25 @@ impl LogStore {
             return Ok((blocks, 0));
         }
         let every_call = query.matches_every_call();
+        let one_term = query.only_term();
+        let mut term_calls = self
+            .conn
+            .prepare_cached("SELECT calls FROM log_terms WHERE block_id = ?1 AND term = ?2")?;
         let mut counted = 0;
         while counted < limit {
             let Some(row) = rows.next()? else { break };
             let id: i64 = row.get(0)?;
-            let matches = if every_call {
-                usize::try_from(row.get::<_, i64>(1)?).unwrap_or(0)
+            let matches: i64 = if every_call {
+                row.get(1)?
+            } else if let Some(term) = &one_term {
+                term_calls
+                    .query_row(params![id, term], |row| row.get(0))
+                    .optional()?
+                    .unwrap_or(0)
             } else {
-                self.read_matches(id, query)?.len()
+                i64::try_from(self.read_matches(id, query)?.len()).unwrap_or(i64::MAX)
             };
+            let matches = usize::try_from(matches).unwrap_or(0);
             if matches > 0 {
                 blocks.push(id);
                 counted += matches;
@@ -839,12 +870,34 @@ mod tests {
             };
             let start = errors.len().saturating_sub(limit as usize);
             assert_eq!(ids(&newest), errors[start..], "newest {limit}");
+            // Counted from the index term (a status, a class, a model), or
+            // by decoding when another filter comes with it.
+            let class = LogQuery {
+                status: Some(StatusFilter::Class(5)),
+                ..newest.clone()
+            };
+            assert_eq!(ids(&class), errors[start..], "class, newest {limit}");
+            let recent = LogQuery {
+                since_ns: Some(0),
+                ..newest.clone()
+            };
+            assert_eq!(ids(&recent), errors[start..], "since, newest {limit}");
+            let model = LogQuery {
+                model: Some("a".into()),
+                limit: Some(limit),
+                ..LogQuery::default()
+            };
+            let first = 1300_i64.saturating_sub(i64::from(limit)) + 1;
+            assert_eq!(
+                ids(&model),
+                (first.max(1)..=1300).collect::<Vec<_>>(),
+                "model {limit}"
+            );
             // No filter: blocks counted without being decoded.
             let unfiltered = LogQuery {
                 limit: Some(limit),
                 ..LogQuery::default()
             };
-            let first = 1300_i64.saturating_sub(i64::from(limit)) + 1;
             assert_eq!(ids(&unfiltered), (first.max(1)..=1300).collect::<Vec<_>>());
             for after in [0, 511, 700] {
                 let following = LogQuery {
