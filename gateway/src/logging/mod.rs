@@ -300,7 +300,7 @@ fn version_text(version: http::Version) -> &'static str {
     }
 }
 
-fn truncate_utf8(text: &str, max: usize) -> &str {
+pub(crate) fn truncate_utf8(text: &str, max: usize) -> &str {
     if text.len() <= max {
         return text;
     }

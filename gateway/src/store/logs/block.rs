@@ -127,14 +127,7 @@ pub const MANY_PATHS_TERM: &str = "paths:many";
 /// [`PATH_TERM_BYTES`], cut at a character boundary.
 pub fn path_key(path: &str) -> &str {
     let path = path.split_once('?').map_or(path, |(path, _)| path);
-    if path.len() <= PATH_TERM_BYTES {
-        return path;
-    }
-    let mut end = PATH_TERM_BYTES;
-    while !path.is_char_boundary(end) {
-        end -= 1;
-    }
-    &path[..end]
+    crate::logging::truncate_utf8(path, PATH_TERM_BYTES)
 }
 
 /// `capture:ebpf`, `capture:userspace`: counted for `apx logs --stats`.

@@ -642,6 +642,15 @@ mod tests {
     use super::*;
     use crate::logging::record::{Capture, CredentialEntry, GatewayFacts};
 
+    /// An empty store in its own directory (removed first if a previous
+    /// run left it), named after the test.
+    fn fresh_store(name: &str) -> (std::path::PathBuf, LogStore) {
+        let dir = std::env::temp_dir().join(format!("apx-logs-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = LogStore::open(&dir.join("logs.db")).unwrap();
+        (dir, store)
+    }
+
     fn record(n: i64, status: u16, model: &'static str) -> CallEntry {
         CallEntry {
             time_unix_ns: crate::time::unix_nanos(SystemTime::now()) + n,
@@ -671,9 +680,7 @@ mod tests {
 
     #[test]
     fn stores_and_filters_records() {
-        let dir = std::env::temp_dir().join(format!("apx-logs-test-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let mut store = LogStore::open(&dir.join("logs.db")).unwrap();
+        let (dir, mut store) = fresh_store("test");
         store
             .insert(
                 &[
@@ -751,9 +758,7 @@ mod tests {
     /// would.
     #[test]
     fn path_filters_read_only_the_blocks_that_can_match() {
-        let dir = std::env::temp_dir().join(format!("apx-logs-paths-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let mut store = LogStore::open(&dir.join("logs.db")).unwrap();
+        let (dir, mut store) = fresh_store("paths");
         let at = |n: i64, path: &str| CallEntry {
             path: path.into(),
             ..record(n, 200, "a")
@@ -850,9 +855,7 @@ mod tests {
     /// `limit` after the id: what filtering every stored call would give.
     #[test]
     fn limits_across_blocks_give_what_a_full_scan_gives() {
-        let dir = std::env::temp_dir().join(format!("apx-logs-limits-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let mut store = LogStore::open(&dir.join("logs.db")).unwrap();
+        let (dir, mut store) = fresh_store("limits");
         // 1300 calls: blocks of 512, 512 and 276; every third one a 503.
         let batch: Vec<CallEntry> = (0..1300)
             .map(|n| record(n, if n % 3 == 0 { 503 } else { 200 }, "a"))
@@ -935,9 +938,7 @@ mod tests {
 
     #[test]
     fn ids_run_on_across_blocks_and_trims() {
-        let dir = std::env::temp_dir().join(format!("apx-logs-blocks-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let mut store = LogStore::open(&dir.join("logs.db")).unwrap();
+        let (dir, mut store) = fresh_store("blocks");
         assert_eq!(store.last_id().unwrap(), 0);
         // 1300 calls in one batch: split into blocks of 512, 512 and 276.
         let batch: Vec<CallEntry> = (0..1300)
