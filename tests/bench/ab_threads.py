@@ -67,16 +67,22 @@ def parse_specs(args: list[str]) -> list[tuple[str, Path, Path]]:
     return specs
 
 
+def take_workload(args: list[str]) -> tuple[list[str], str]:
+    """The arguments without `--workload=NAME`, and the request wrk sends
+    (run.py's `--workload`): "small" unless named."""
+    workloads = [a.split("=", 1)[1] for a in args if a.startswith("--workload=")]
+    rest = [a for a in args if not a.startswith("--workload=")]
+    return rest, workloads[-1] if workloads else "small"
+
+
 def main() -> None:
     if len(sys.argv) < 5:
         sys.exit(__doc__)
-    args = [a for a in sys.argv[1:] if not a.startswith("--workload=")]
-    workloads = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--workload=")]
+    args, workload = take_workload(sys.argv[1:])
     rounds, seconds, conns = int(args[0]), int(args[1]), int(args[2])
     specs = parse_specs(args[3:])
     bench = load_bench()
-    # The request wrk sends (run.py's `--workload`): "small" unless named.
-    bench.use_workload(workloads[-1] if workloads else "small")
+    bench.use_workload(workload)
     tmp = Path(tempfile.mkdtemp(prefix="apx-ab-"))
     mock = bench.start_mock(REPO / "target" / "release", tmp)
     servers = []

@@ -1,6 +1,6 @@
 """Where two or more apx variants differ, by symbol: CPU per request.
 
-    python3 tests/bench/symbol_diff.py SECONDS CONNS NAME=VARIANT@/path/to/apx ... [--top=N]
+    python3 tests/bench/symbol_diff.py SECONDS CONNS NAME=VARIANT@/path/to/apx ... [--top=N] [--workload=sdk]
 
 Starts one mock upstream and every gateway named (VARIANT is a file stem in
 tests/bench/variants/), then for each in turn runs wrk for SECONDS and,
@@ -33,7 +33,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from ab_threads import REPO, load_bench, parse_specs
+from ab_threads import REPO, load_bench, parse_specs, take_workload
 
 FREQUENCY = 10_000
 
@@ -71,13 +71,15 @@ def profile(bench, server, conns: int, seconds: int, out: Path) -> dict[str, flo
 
 
 def main() -> None:
-    args = [a for a in sys.argv[1:] if not a.startswith("--top=")]
-    top = next((int(a[len("--top="):]) for a in sys.argv[1:] if a.startswith("--top=")), 30)
+    args, workload = take_workload(sys.argv[1:])
+    top = next((int(a[len("--top="):]) for a in args if a.startswith("--top=")), 30)
+    args = [a for a in args if not a.startswith("--top=")]
     if len(args) < 4:
         sys.exit(__doc__)
     seconds, conns = int(args[0]), int(args[1])
     specs = parse_specs(args[2:])
     bench = load_bench()
+    bench.use_workload(workload)
     tmp = Path(tempfile.mkdtemp(prefix="apx-symdiff-"))
     mock = bench.start_mock(REPO / "target" / "release", tmp)
     servers = []
