@@ -585,7 +585,6 @@ impl LogStore {
     }
 }
 
-/// The id the next stored call gets (1 in an empty store).
 /// The ids and call counts of the blocks that can hold calls `query`
 /// matches (newest first, or oldest first when following), as SQL and its
 /// parameters.
@@ -622,6 +621,7 @@ fn prefix_upper_bound(prefix: &str) -> Option<String> {
     None
 }
 
+/// The id the next stored call gets (1 in an empty store).
 fn next_call_id(conn: &Connection) -> Result<i64, StoreError> {
     let kept: Option<i64> = conn
         .query_row(
